@@ -1,0 +1,34 @@
+# The two commands a new user needs:
+#   make demo   installs everything into .venv and writes an audit report
+#   make test   installs everything (system packages too) and runs the whole suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean services
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/xaudit demo --out report.html
+
+services:
+	bash scripts/ensure-system.sh
+
+test: $(STAMP) services
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 --timeout 900 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/attributions.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

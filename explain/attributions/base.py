@@ -1,0 +1,390 @@
+"""What every attribution method shares: input cleaning, the model as a function of its
+input, target resolution, the result object, and batched gradient helpers.
+
+Inputs are cleaned in one place (:func:`as_inputs`) so methods only ever see a float32
+numpy array of the model's input shape, and targets are resolved in one place
+(:func:`resolve_targets`) so methods only ever see an int array ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from explain._backend import keras, tf
+
+DEFAULT_BATCH_SIZE = 128
+
+_SQUASHING = {"softmax", "sigmoid"}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def model_input_shape(model: keras.Model) -> tuple[int | None, ...]:
+    """The model's single input shape, batch dimension included (``(None, ...)``)."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "the model has no defined input; build it with keras.Input(...) or call it once "
+            "on data before explaining it"
+        )
+    if len(inputs) != 1:
+        raise ValueError(
+            f"xaudit explains models with one input tensor; this model has {len(inputs)}"
+        )
+    return tuple(inputs[0].shape)
+
+
+def as_inputs(model: keras.Model, x: Any, *, name: str = "x") -> np.ndarray:
+    """Validate ``x`` against the model's input and return it as float32 ``(N, ...)``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not numeric.
+    ValueError
+        If its rank or shape does not match the model input, it is empty, or it holds
+        NaN or Inf.
+    """
+    if isinstance(x, tf.Tensor):
+        x = x.numpy()
+    if isinstance(x, tf.data.Dataset):
+        x = np.concatenate([np.asarray(b[0] if isinstance(b, tuple) else b) for b in x])
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a numeric array; could not convert it: {exc}") from None
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    expected = model_input_shape(model)
+    if arr.ndim != len(expected):
+        raise ValueError(
+            f"{name} must have shape (N, {', '.join(str(d) for d in expected[1:])}) "
+            f"(rank {len(expected)}), got shape {arr.shape}"
+        )
+    for axis, (got, want) in enumerate(zip(arr.shape[1:], expected[1:], strict=True), start=1):
+        if want is not None and got != want:
+            raise ValueError(
+                f"{name} must have shape (N, {', '.join(str(d) for d in expected[1:])}); "
+                f"axis {axis} is {got}, expected {want} (got shape {arr.shape})"
+            )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has no rows")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})"
+        )
+    return arr
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- the model as f(x)
+
+
+def _output_layer(model: keras.Model, index: int) -> keras.layers.Layer:
+    """The layer that produces output ``index`` of a functional or Sequential model."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1]
+    history = getattr(model.outputs[index], "_keras_history", None)
+    if history is None:
+        raise ValueError("cannot find the layer that produces this output")
+    return history[0]
+
+
+def _activation_name(layer: keras.layers.Layer) -> str | None:
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return None
+    return getattr(act, "__name__", str(act))
+
+
+class ModelFunction:
+    """A Keras model seen as ``f(x) -> (N, K)``: one output head, optionally pre-softmax.
+
+    Parameters
+    ----------
+    model
+        A built Keras 3 model with one input (functional, Sequential or nested).
+    output
+        Which head of a multi-output model to explain: an index or an output name.
+    logits
+        For heads ending in softmax or sigmoid, explain the pre-activation values instead
+        (the usual best practice for path methods such as Integrated Gradients).
+    """
+
+    def __init__(self, model: keras.Model, output: int | str | None = None, logits: bool = False):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+        self.model = model
+        self.input_shape = model_input_shape(model)
+        n_heads = len(model.outputs) if getattr(model, "outputs", None) else 1
+        self.output_index = self._resolve_output(model, output, n_heads)
+        self.n_heads = n_heads
+        self.logits = bool(logits)
+        layer = _output_layer(model, self.output_index)
+        self.final_activation = _activation_name(layer)
+        self._forward = self._build_forward(model, layer) if self.logits else None
+        out_shape = tuple(model.outputs[self.output_index].shape)
+        self.n_outputs = int(np.prod([d for d in out_shape[1:] if d is not None])) or 1
+        self.task = (
+            "classification" if self.final_activation in _SQUASHING else "regression"
+        )
+
+    @staticmethod
+    def _resolve_output(model: keras.Model, output: int | str | None, n_heads: int) -> int:
+        if output is None:
+            return 0
+        names = list(getattr(model, "output_names", None) or [])
+        if isinstance(output, str):
+            if output not in names:
+                raise ValueError(f"unknown output {output!r}; the model's outputs are {names}")
+            return names.index(output)
+        if isinstance(output, bool) or not isinstance(output, (int, np.integer)):
+            raise TypeError(f"output must be an int index or an output name, got {output!r}")
+        if not 0 <= int(output) < n_heads:
+            raise ValueError(f"output must be in [0, {n_heads - 1}], got {output}")
+        return int(output)
+
+    def _build_forward(self, model: keras.Model, layer: keras.layers.Layer):
+        act = _activation_name(layer)
+        if act not in _SQUASHING:
+            raise ValueError(
+                f"logits=True needs an output ending in softmax or sigmoid; this output's "
+                f"final activation is {act!r}"
+            )
+        # The pre-activation is computed by a twin of the final layer with a linear
+        # activation and the same weights; an Activation/Softmax layer is simply skipped.
+        if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+            twin = None
+        else:
+            cfg = layer.get_config()
+            cfg["activation"] = "linear"
+            twin = layer.__class__.from_config(cfg)
+            twin.build(tuple(layer.input.shape))
+            twin.set_weights(layer.get_weights())
+        if isinstance(model, keras.Sequential):
+            body = model.layers[:-1]
+
+            def trunk(x, training=False):
+                for lyr in body:
+                    x = lyr(x, training=training)
+                return x
+        else:
+            sub = keras.Model(model.inputs, layer.input)
+
+            def trunk(x, training=False):
+                return sub(x, training=training)
+
+        def forward(x, training=False):
+            h = trunk(x, training=training)
+            return h if twin is None else twin(h)
+
+        return forward
+
+    def __call__(self, x, training: bool = False) -> tf.Tensor:
+        """Outputs of the chosen head as a 2-D tensor ``(N, K)``."""
+        if self._forward is not None:
+            out = self._forward(x, training=training)
+        else:
+            out = self.model(x, training=training)
+            if isinstance(out, dict):
+                out = list(out.values())
+            if isinstance(out, (list, tuple)):
+                out = out[self.output_index]
+        out = tf.convert_to_tensor(out)
+        return tf.reshape(out, (tf.shape(out)[0], -1))
+
+    def predict(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """``f(x)`` as a numpy float32 array ``(N, K)``, computed in batches."""
+        parts = [
+            _call_graph(self, tf.convert_to_tensor(x[i : i + batch_size]))
+            for i in range(0, len(x), batch_size)
+        ]
+        return np.concatenate([p.numpy() for p in parts]).astype(np.float32)
+
+    def target_scores(self, x: np.ndarray, targets: np.ndarray,
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """``f(x)[i, targets[i]]`` as float32 ``(N,)``."""
+        out = self.predict(x, batch_size)
+        return out[np.arange(len(x)), targets].astype(np.float32)
+
+
+# tf.function caches per python object: keyed on the ModelFunction instance it is given.
+_GRAPH_CACHE: dict[int, Any] = {}
+
+
+def _call_graph(mf: ModelFunction, x: tf.Tensor) -> tf.Tensor:
+    fn = _GRAPH_CACHE.get(id(mf))
+    if fn is None or fn[0] is not mf:
+        fn = (mf, tf.function(lambda t: mf(t), reduce_retracing=True))
+        _GRAPH_CACHE[id(mf)] = fn
+    return fn[1](x)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def resolve_targets(
+    mf: ModelFunction, x: np.ndarray, target: Any, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """Turn the user's ``target`` into an int array ``(N,)`` of output indices.
+
+    ``None`` means the predicted class for classification heads with more than one unit,
+    and output 0 otherwise (regression, or a single sigmoid unit).
+    """
+    n = len(x)
+    k = mf.n_outputs
+    if target is None:
+        if mf.task == "classification" and k > 1:
+            return np.argmax(mf.predict(x, batch_size), axis=1).astype(np.int64)
+        return np.zeros(n, dtype=np.int64)
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        t = np.full(n, int(target), dtype=np.int64)
+    else:
+        arr = np.asarray(target)
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(
+                f"target must be None, an int, or an int array of shape ({n},); got {target!r:.80}"
+            )
+        if arr.shape != (n,):
+            raise ValueError(f"target must have shape ({n},) (one per row), got {arr.shape}")
+        t = arr.astype(np.int64)
+    if np.any(t < 0) or np.any(t >= k):
+        raise ValueError(f"target must be in [0, {k - 1}] for this output of width {k}")
+    return t
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def gather_targets(out: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """``out[i, targets[i]]`` for a 2-D ``out``."""
+    return tf.gather(out, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+
+
+class GradientFn:
+    """Batched ``d f(x)[target] / dx`` as a compiled graph, reused across calls."""
+
+    def __init__(self, mf: ModelFunction):
+        self.mf = mf
+
+        @tf.function(reduce_retracing=True)
+        def _grad(x, targets):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                scores = gather_targets(mf(x), targets)
+            return tape.gradient(scores, x), scores
+
+        self._grad = _grad
+
+    def __call__(self, x: np.ndarray | tf.Tensor, targets: np.ndarray | tf.Tensor):
+        """Gradients (same shape as x) and target scores ``(N,)`` as tensors."""
+        return self._grad(tf.convert_to_tensor(x, tf.float32),
+                          tf.convert_to_tensor(targets, tf.int32))
+
+    def batched(self, x: np.ndarray, targets: np.ndarray,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+        grads, scores = [], []
+        for i in range(0, len(x), batch_size):
+            g, s = self(x[i : i + batch_size], targets[i : i + batch_size])
+            grads.append(g.numpy())
+            scores.append(s.numpy())
+        return np.concatenate(grads).astype(np.float32), np.concatenate(scores).astype(np.float32)
+
+
+_GRAD_CACHE: dict[int, tuple[ModelFunction, GradientFn]] = {}
+
+
+def gradient_fn(mf: ModelFunction) -> GradientFn:
+    """The (cached) compiled gradient function of ``mf``."""
+    hit = _GRAD_CACHE.get(id(mf))
+    if hit is None or hit[0] is not mf:
+        hit = (mf, GradientFn(mf))
+        _GRAD_CACHE[id(mf)] = hit
+    return hit[1]
+
+
+# --------------------------------------------------------------------------- the result
+
+
+@dataclass
+class Attribution:
+    """The result of one attribution call.
+
+    Attributes
+    ----------
+    values
+        float32, shape ``x.shape`` (``(N, H, W)`` for Grad-CAM maps).
+    method
+        The registered method name.
+    targets
+        int ``(N,)``: the output index each row was explained for.
+    scores
+        float32 ``(N,)``: ``f(x)[target]`` (pre-softmax when ``logits=True``).
+    baseline_scores
+        float32 ``(N,)``: ``f(baseline)[target]`` (or ``E[f(background)]`` for SHAP), for
+        methods with a completeness property; else None.
+    completeness_gap
+        float32 ``(N,)``: ``sum(values) - (scores - baseline_scores)``, for methods with a
+        completeness property (IG, SHAP); else None.
+    options
+        The options the method ran with, defaults filled in.
+    extra
+        Method-specific detail (e.g. the Grad-CAM layer, SHAP feature groups).
+    """
+
+    values: np.ndarray
+    method: str
+    targets: np.ndarray
+    scores: np.ndarray | None = None
+    baseline_scores: np.ndarray | None = None
+    completeness_gap: np.ndarray | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    def relative_gap(self) -> np.ndarray | None:
+        """``|gap| / max(|f(x) - f(baseline)|, eps)`` per row, or None."""
+        if self.completeness_gap is None:
+            return None
+        diff = np.abs(self.scores - self.baseline_scores)
+        return np.abs(self.completeness_gap) / np.maximum(diff, 1e-8)
+
+
+def completeness_gap(values: np.ndarray, scores: np.ndarray, baseline_scores: np.ndarray
+                     ) -> np.ndarray:
+    """Per-row ``sum(values) - (scores - baseline_scores)`` as float32 ``(N,)``."""
+    total = values.reshape(len(values), -1).astype(np.float64).sum(axis=1)
+    return (total - (scores.astype(np.float64) - baseline_scores.astype(np.float64))).astype(
+        np.float32
+    )
+
+
+def spatial_axes(shape: Sequence[int | None]) -> tuple[int, int] | None:
+    """``(H, W)`` of an image-like input shape ``(None, H, W, C)``, else None."""
+    if len(shape) == 4:
+        return int(shape[1]), int(shape[2])
+    return None

@@ -1,0 +1,44 @@
+"""Errors a user can cause, each with a stable ``code`` the CLI prints and the API maps
+to a 4xx status."""
+
+from __future__ import annotations
+
+
+class XauditError(Exception):
+    """Base of every error caused by user input.
+
+    Attributes
+    ----------
+    code
+        A stable machine-readable code (``unsafe_layer``, ``bad_shape``, ...).
+    status
+        The HTTP status the API answers with (4xx).
+    """
+
+    code: str = "bad_request"
+    status: int = 400
+
+    def __init__(self, message: str, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ModelIntakeError(XauditError):
+    """An uploaded model was refused (unsafe, corrupt or unsupported)."""
+
+    code = "model_refused"
+    status = 422
+
+
+class DataError(XauditError):
+    """A data file or data set was refused (format, shape, dtype, NaN, labels)."""
+
+    code = "bad_data"
+    status = 422
