@@ -1,0 +1,460 @@
+"""Rules that turn an audit's measurements into findings a reviewer can act on.
+
+Each finding is ``{code, severity, message, evidence}`` with severity ``info``, ``warning``
+or ``critical``. Rules read the measured sections of report.json (``performance``,
+``global_importance``, ``explanation_quality``, ``agreement``, ``drift``) and, for the
+image shortcut rule, the per-example attribution maps. Every threshold lives in
+:class:`FindingThresholds`, documented there, and can be overridden from the audit config
+(``config["thresholds"]``).
+
+Rules are registered in one table (:data:`RULES`), not an if/elif chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+SEVERITIES = ("info", "warning", "critical")
+ALL_CLASSES = -1
+_SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+@dataclass(frozen=True)
+class FindingThresholds:
+    """The thresholds behind every rule.
+
+    Attributes
+    ----------
+    shortcut_grid
+        The image is cut into ``grid × grid`` cells; candidate regions are windows of
+        ``shortcut_window × shortcut_window`` cells (with the defaults, 1/16 of the image).
+    shortcut_min_mass
+        A region is a shortcut when, averaged over the examples of a class (or of all
+        examples), it holds at least this share of the attribution mass ...
+    shortcut_min_lift
+        ... and that share is at least this many times its share of the image area ...
+    shortcut_min_consistency
+        ... and it is the top region for at least this share of those examples.
+    shortcut_min_examples
+        Classes with fewer explained examples than this are not judged on their own.
+    dominant_feature_share
+        One tabular feature carrying at least this share of the total global importance.
+    completeness_tolerance
+        Largest acceptable mean relative completeness gap (IG, SHAP).
+    disagreement_max_correlation
+        Methods whose global-importance rank correlation is below this disagree.
+    weak_class_recall_drop
+        A class is weak when its recall is below the mean recall by at least this much ...
+    weak_class_min_support
+        ... and it has at least this many examples.
+    poor_calibration_ece
+        Expected calibration error above this is poor calibration.
+    drift_min_ndcg
+        nDCG of global importance against the previous audit below this is drift.
+    """
+
+    shortcut_grid: int = 8
+    shortcut_window: int = 2
+    shortcut_min_mass: float = 0.30
+    shortcut_min_lift: float = 3.0
+    shortcut_min_consistency: float = 0.5
+    shortcut_min_examples: int = 3
+    dominant_feature_share: float = 0.5
+    completeness_tolerance: float = 0.05
+    disagreement_max_correlation: float = 0.3
+    weak_class_recall_drop: float = 0.25
+    weak_class_min_support: int = 5
+    poor_calibration_ece: float = 0.10
+    drift_min_ndcg: float = 0.9
+
+    @classmethod
+    def from_config(cls, overrides: Mapping[str, Any] | None) -> FindingThresholds:
+        """Defaults with ``overrides`` applied; unknown names raise ValueError."""
+        if not overrides:
+            return cls()
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise ValueError(f"unknown finding threshold(s) {sorted(unknown)}; known: {sorted(known)}")
+        values = {}
+        for k, v in overrides.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"threshold {k} must be a number, got {v!r}")
+            values[k] = int(v) if known[k] in ("int", int) else float(v)
+        return cls(**values)
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str
+    message: str
+    evidence: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity, "message": self.message,
+                "evidence": self.evidence}
+
+
+@dataclass
+class FindingInputs:
+    """What the rules read.
+
+    Attributes
+    ----------
+    report
+        The measured sections of report.json (``performance``, ``global_importance``,
+        ``explanation_quality``, ``agreement``, ``drift``, ``dataset``, ``model``).
+    image_maps
+        For image audits: method → per-example non-negative maps ``(n, H, W)``.
+    labels, predictions
+        int ``(n,)`` for the explained examples (labels may be None).
+    class_names
+        Names for class indices, for messages.
+    """
+
+    report: Mapping[str, Any]
+    image_maps: Mapping[str, np.ndarray] | None = None
+    labels: np.ndarray | None = None
+    predictions: np.ndarray | None = None
+    class_names: Sequence[str] | None = None
+
+
+Rule = Callable[[FindingInputs, FindingThresholds], list[Finding]]
+RULES: dict[str, Rule] = {}
+
+
+def rule(code: str) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        RULES[code] = fn
+        return fn
+
+    return deco
+
+
+def run_rules(inputs: FindingInputs, thresholds: FindingThresholds | None = None
+              ) -> list[dict[str, Any]]:
+    """All findings, most severe first, as JSON-safe dicts."""
+    th = thresholds or FindingThresholds()
+    found: list[Finding] = []
+    for fn in RULES.values():
+        found.extend(fn(inputs, th))
+    found.sort(key=lambda f: -_SEVERITY_RANK[f.severity])
+    return [f.to_dict() for f in found]
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+def region_name(y0: float, y1: float, x0: float, x1: float) -> str:
+    """A human name for a box given in fractions of the image height and width."""
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "center"
+    if row == "middle" and col == "center":
+        return "center"
+    if row == "middle":
+        return f"{col} edge"
+    if col == "center":
+        return f"{row} edge"
+    return f"{row}-{col} corner"
+
+
+def window_masses(maps: np.ndarray, grid: int, window: int) -> tuple[np.ndarray, list[tuple]]:
+    """Share of each example's attribution mass in every window of ``window×window`` cells.
+
+    Returns ``(n, n_windows)`` shares and, per window, its box in pixels
+    ``(y0, y1, x0, x1)``.
+    """
+    n, h, w = maps.shape
+    ys = np.linspace(0, h, grid + 1).round().astype(int)
+    xs = np.linspace(0, w, grid + 1).round().astype(int)
+    cells = np.zeros((n, grid, grid))
+    for i in range(grid):
+        for j in range(grid):
+            cells[:, i, j] = maps[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]].sum(axis=(1, 2))
+    total = cells.sum(axis=(1, 2))
+    total = np.where(total > 0, total, 1.0)
+    shares, boxes = [], []
+    for i in range(grid - window + 1):
+        for j in range(grid - window + 1):
+            shares.append(cells[:, i:i + window, j:j + window].sum(axis=(1, 2)) / total)
+            boxes.append((int(ys[i]), int(ys[i + window]), int(xs[j]), int(xs[j + window])))
+    return np.stack(shares, axis=1), boxes
+
+
+def _class_label(inputs: FindingInputs, k: int) -> str:
+    names = inputs.class_names
+    return str(names[k]) if names is not None and 0 <= k < len(names) else str(k)
+
+
+def detect_shortcut_regions(maps: np.ndarray, groups: np.ndarray, th: FindingThresholds
+                            ) -> list[dict[str, Any]]:
+    """Regions that hold a concentrated, consistent share of attribution mass per group.
+
+    Parameters
+    ----------
+    maps
+        Non-negative maps ``(n, H, W)``.
+    groups
+        int ``(n,)``: the class each example is judged with (its predicted class).
+    """
+    n, h, w = maps.shape
+    shares, boxes = window_masses(np.abs(maps), th.shortcut_grid, th.shortcut_window)
+    area = (th.shortcut_window / th.shortcut_grid) ** 2
+    hits = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        if len(idx) < th.shortcut_min_examples:
+            continue
+        mean_share = shares[idx].mean(axis=0)
+        best = int(np.argmax(mean_share))
+        top = np.argmax(shares[idx], axis=1)
+        y0, y1, x0, x1 = boxes[best]
+        # Neighbouring windows overlap: an example whose top window overlaps the best
+        # one is attending to the same place.
+        consistent = np.mean([_overlaps(boxes[t], boxes[best]) for t in top])
+        mass = float(mean_share[best])
+        if (mass >= th.shortcut_min_mass and mass / area >= th.shortcut_min_lift
+                and consistent >= th.shortcut_min_consistency):
+            hits.append({
+                "group": int(g),
+                "region": region_name(y0 / h, y1 / h, x0 / w, x1 / w),
+                "box": {"y0": y0, "y1": y1, "x0": x0, "x1": x1},
+                "mass_share": round(mass, 4),
+                "area_share": round(area, 4),
+                "consistency": round(float(consistent), 4),
+                "examples": len(idx),
+            })
+    return hits
+
+
+def _overlaps(a: tuple, b: tuple) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+@rule("shortcut_region")
+def _shortcut_region(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    if not inputs.image_maps or inputs.predictions is None:
+        return []
+    per_region: dict[str, dict[str, Any]] = {}
+    preds = np.asarray(inputs.predictions)
+    for method, maps in inputs.image_maps.items():
+        maps = np.asarray(maps)
+        # Per predicted class, then all examples together (a border or tag every class uses).
+        hits = detect_shortcut_regions(maps, preds, th)
+        hits += [{**h, "group": ALL_CLASSES}
+                 for h in detect_shortcut_regions(maps, np.zeros(len(maps), int), th)]
+        for hit in hits:
+            entry = per_region.setdefault(hit["region"], {"classes": {}, "methods": set()})
+            entry["methods"].add(method)
+            cls = ("all classes" if hit["group"] == ALL_CLASSES
+                   else _class_label(inputs, hit["group"]))
+            prev = entry["classes"].get(cls)
+            if prev is None or hit["mass_share"] > prev["mass_share"]:
+                entry["classes"][cls] = {**hit, "method": method}
+    n_methods = len(inputs.image_maps)
+    out = []
+    for region, entry in per_region.items():
+        # One method alone can be noisy; ask that at least half of the methods agree.
+        if len(entry["methods"]) * 2 < n_methods:
+            continue
+        classes = sorted(entry["classes"])
+        best = max(entry["classes"].values(), key=lambda e: e["mass_share"])
+        out.append(Finding(
+            code="shortcut_region",
+            severity="critical",
+            message=(
+                f"The model relies on a small region in the {region} of the image for "
+                f"class{'es' if len(classes) > 1 else ''} {', '.join(repr(c) for c in classes)}: "
+                f"{best['mass_share']:.0%} of the attribution mass sits in "
+                f"{best['area_share']:.0%} of the image. This looks like a shortcut "
+                f"(a watermark, tag or border) rather than the object itself."
+            ),
+            evidence={
+                "region": region,
+                "box": best["box"],
+                "classes": classes,
+                "methods": sorted(entry["methods"]),
+                "per_class": {c: {k: v for k, v in e.items() if k != "group"}
+                              for c, e in entry["classes"].items()},
+            },
+        ))
+    return out
+
+
+@rule("dominant_feature")
+def _dominant_feature(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    gi = inputs.report.get("global_importance") or {}
+    if gi.get("kind") != "tabular":
+        return []
+    items = gi.get("items") or []
+    total = sum(max(float(i["score"]), 0.0) for i in items)
+    if total <= 0 or len(items) < 2:
+        return []
+    top = items[0]
+    share = float(top["score"]) / total
+    if share < th.dominant_feature_share:
+        return []
+    runner = items[1]
+    return [Finding(
+        code="dominant_feature",
+        severity="critical" if share >= 0.7 else "warning",
+        message=(
+            f"One feature, {top['feature']!r}, carries {share:.0%} of the model's global "
+            f"importance ({float(top['score']) / max(float(runner['score']), 1e-12):.1f}× the "
+            f"next, {runner['feature']!r}). Check that it is not a leak of the label or a "
+            f"proxy the model should not use."
+        ),
+        evidence={"feature": top["feature"], "share": round(share, 4),
+                  "method": gi.get("method"), "runner_up": runner["feature"],
+                  "top": items[:5]},
+    )]
+
+
+def _quality_checks(inputs: FindingInputs, metric_prefix: str):
+    for method, q in (inputs.report.get("explanation_quality") or {}).items():
+        for check in q.get("checks") or []:
+            if str(check.get("metric", "")).startswith(metric_prefix):
+                yield method, check
+
+
+@rule("explanation_failed_sanity")
+def _failed_sanity(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    out = []
+    for method, check in _quality_checks(inputs, "randomization"):
+        if check.get("passed") is False:
+            out.append(Finding(
+                code="explanation_failed_sanity", severity="warning",
+                message=(f"{method} explanations barely change when the model's weights are "
+                         f"randomized (similarity {check['score']:.2f}, threshold "
+                         f"{check['threshold']}): they describe the input more than the model "
+                         f"and should not be trusted."),
+                evidence={"method": method, **check},
+            ))
+    return out
+
+
+@rule("unfaithful_explanation")
+def _unfaithful(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    out = []
+    for method, check in _quality_checks(inputs, "deletion"):
+        if check.get("passed") is False:
+            out.append(Finding(
+                code="unfaithful_explanation", severity="warning",
+                message=(f"Removing the inputs {method} ranks most important lowers the "
+                         f"model's score no faster than removing inputs at random: its "
+                         f"ranking is not faithful to the model."),
+                evidence={"method": method, **check},
+            ))
+    return out
+
+
+@rule("incomplete_attribution")
+def _incomplete(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    out = []
+    for method, check in _quality_checks(inputs, "completeness"):
+        if check.get("passed") is False:
+            out.append(Finding(
+                code="incomplete_attribution", severity="warning",
+                message=(f"{method} attributions do not add up to the change in the model's "
+                         f"output (mean relative gap {check['score']:.1%}, tolerance "
+                         f"{check['threshold']:.0%}); use more integration steps or samples."),
+                evidence={"method": method, **check},
+            ))
+    return out
+
+
+@rule("methods_disagree")
+def _disagree(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    out = []
+    for pair in inputs.report.get("agreement") or []:
+        corr = pair.get("global_rank_correlation")
+        if corr is not None and corr < th.disagreement_max_correlation:
+            out.append(Finding(
+                code="methods_disagree", severity="info",
+                message=(f"{pair['a']} and {pair['b']} disagree on what matters (rank "
+                         f"correlation {corr:.2f}); read single-method explanations with care."),
+                evidence={**pair, "threshold": th.disagreement_max_correlation},
+            ))
+    return out
+
+
+@rule("weak_class")
+def _weak_class(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    per_class = (inputs.report.get("performance") or {}).get("per_class") or []
+    recalls = [float(c["recall"]) for c in per_class if c.get("recall") is not None]
+    if len(recalls) < 2:
+        return []
+    mean = float(np.mean(recalls))
+    out = []
+    for c in per_class:
+        r = c.get("recall")
+        if r is None or int(c.get("support", 0)) < th.weak_class_min_support:
+            continue
+        if mean - float(r) >= th.weak_class_recall_drop:
+            out.append(Finding(
+                code="weak_class", severity="warning",
+                message=(f"Class {c['class']!r} is recognised far less often than the others "
+                         f"(recall {float(r):.0%} against a mean of {mean:.0%})."),
+                evidence={"class": c["class"], "recall": float(r), "mean_recall": mean,
+                          "support": int(c.get("support", 0))},
+            ))
+    return out
+
+
+@rule("poor_calibration")
+def _poor_calibration(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    cal = (inputs.report.get("performance") or {}).get("calibration") or {}
+    ece = cal.get("ece")
+    if ece is None or float(ece) <= th.poor_calibration_ece:
+        return []
+    return [Finding(
+        code="poor_calibration", severity="warning",
+        message=(f"The model's confidence does not match how often it is right (expected "
+                 f"calibration error {float(ece):.1%}); do not read its scores as "
+                 f"probabilities without recalibration."),
+        evidence={"ece": float(ece), "threshold": th.poor_calibration_ece},
+    )]
+
+
+@rule("attribution_drift")
+def _drift(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    drift = inputs.report.get("drift")
+    if not drift or drift.get("ndcg") is None:
+        return []
+    ndcg = float(drift["ndcg"])
+    if ndcg >= th.drift_min_ndcg:
+        return []
+    movers = sorted(drift.get("items") or [], key=lambda i: -abs(float(i.get("change", 0))))[:5]
+    return [Finding(
+        code="attribution_drift", severity="warning",
+        message=(f"What the model relies on has changed since the previous audit (nDCG of "
+                 f"global importance {ndcg:.2f}, below {th.drift_min_ndcg})."),
+        evidence={"ndcg": ndcg, "threshold": th.drift_min_ndcg,
+                  "previous_audit": drift.get("previous_audit"), "largest_changes": movers},
+    )]
+
+
+def ndcg(previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]],
+         k: int | None = None) -> float:
+    """nDCG of the current importance ranking, with the previous scores as relevance.
+
+    1.0 means the current audit ranks features exactly as the previous one did.
+    Uses scikit-learn's ``ndcg_score``.
+    """
+    from sklearn.metrics import ndcg_score
+
+    names = [i["feature"] for i in previous]
+    prev = {i["feature"]: max(float(i["score"]), 0.0) for i in previous}
+    cur = {i["feature"]: max(float(i["score"]), 0.0) for i in current}
+    common = [n for n in names if n in cur]
+    if len(common) < 2:
+        return 1.0 if common else 0.0
+    rel = np.array([[prev[n] for n in common]])
+    score = np.array([[cur[n] for n in common]])
+    return float(ndcg_score(rel, score, k=k))
