@@ -8,7 +8,7 @@ numpy array of the model's input shape, and targets are resolved in one place
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,13 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool; TypeError unless it is a Python or numpy bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 # --------------------------------------------------------------------------- the model as f(x)
@@ -388,3 +395,23 @@ def spatial_axes(shape: Sequence[int | None]) -> tuple[int, int] | None:
     if len(shape) == 4:
         return int(shape[1]), int(shape[2])
     return None
+
+
+def stream_chunks(n_rows: int, per_row: int, batch_size: int
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Walk the ``n_rows * per_row`` (row, copy) pairs in chunks of at most ``batch_size``.
+
+    Methods that evaluate many copies of each row (interpolation steps, noisy samples,
+    occluded variants) flatten them into one row-major stream so a forward pass never
+    holds more than ``batch_size`` copies, whatever ``n_rows`` and ``per_row`` are.
+
+    Yields
+    ------
+    rows, copies
+        int64 arrays of equal length ``<= batch_size``: the row index and the copy index
+        of each element of the chunk.
+    """
+    total = n_rows * per_row
+    for start in range(0, total, batch_size):
+        flat = np.arange(start, min(start + batch_size, total), dtype=np.int64)
+        yield flat // per_row, flat % per_row
