@@ -64,7 +64,8 @@ def window_geometry(shape: tuple[int, ...], window: Any = None, stride: Any = No
         None (images and sequences: an eighth of each sliding axis, rounded up; tabular:
         one feature), an int for every sliding axis, or a tuple per sliding axis or per axis.
     stride
-        None (= window), or the same forms as ``window``.
+        None (= window), or the same forms as ``window``; at most the window on every
+        axis, so no element is skipped.
 
     Returns
     -------
@@ -82,6 +83,11 @@ def window_geometry(shape: tuple[int, ...], window: Any = None, stride: Any = No
         if w > d:
             raise ValueError(f"window {win} does not fit the input: axis {axis} has size {d}")
     step = win if stride is None else _as_extent("stride", stride, shape, win)
+    if any(s > w for s, w in zip(step, win, strict=True)):
+        raise ValueError(
+            f"stride {step} must not exceed window {win} on any axis: elements between "
+            "windows would never be occluded"
+        )
     per_axis = []
     for w, d, s in zip(win, shape, step, strict=True):
         starts = list(range(0, d - w + 1, s))
