@@ -68,6 +68,24 @@ def explain_cmd(model_path: str, data_path: str, method: str, rows: int, out: st
 
 # ----------------------------------------------------------------------------- inspect
 # (model intake: explain/modelio.py)
+@main.command("inspect")
+@click.argument("model_path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the model spec as JSON.")
+@friendly_errors
+def inspect_cmd(model_path: str, as_json: bool) -> None:
+    """Check MODEL exactly as an upload is checked, then describe it.
+
+    Prints inputs, heads and task, parameter count, layers and Grad-CAM candidate
+    layers. A hostile or broken file prints one line, ``error [code]: reason``, and
+    exits with status 2. Caps and allow-lists come from the XAUDIT_* environment.
+    """
+    import json
+
+    from explain.modelio import inspect_model_file
+
+    spec = inspect_model_file(model_path)
+    click.echo(json.dumps(spec.to_dict(), indent=2) if as_json else spec.summary())
+
 
 # ----------------------------------------------------------------------------- train
 # (explain/training.py)
@@ -76,7 +94,172 @@ def explain_cmd(model_path: str, data_path: str, method: str, rows: int, out: st
 # (explain/audit.py)
 
 # ----------------------------------------------------------------------------- serve / worker / beat / keys
-# (api/, worker/)
+# (api/, worker/) Configuration comes from XAUDIT_* variables (see api/config.py).
+
+
+def _service_db():
+    """(config, engine) with the schema migrated, without importing TensorFlow."""
+    from api import config as service_config
+    from api.db import make_engine
+    from api.migrate import upgrade
+
+    cfg = service_config.load()
+    engine = make_engine(cfg["DATABASE_URL"])
+    upgrade(engine)
+    return cfg, engine
+
+
+def _spawn_child(argv: list[str]):
+    """Start a helper process that dies with this one (Linux: parent-death signal)."""
+    import signal
+    import subprocess
+
+    def _die_with_parent() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent)
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int,
+              help="Request threads (an /explain call holds one while it waits).")
+@click.option("--embedded-worker/--no-embedded-worker", default=True, show_default=True,
+              help="Also run a worker consuming both queues.")
+@click.option("--beat/--no-beat", "with_beat", default=True, show_default=True,
+              help="Also run the schedule dispatcher.")
+@friendly_errors
+def serve_cmd(host: str, port: int, threads: int, embedded_worker: bool,
+              with_beat: bool) -> None:
+    """Run the service: API, a worker and the beat on this machine.
+
+    With no configuration it needs no other server: SQLite and blobs in XAUDIT_DATA_DIR
+    (default ./var), a broker in files there. With XAUDIT_REDIS_URL set the broker and
+    results are in Redis; with XAUDIT_DATABASE_URL, the database is PostgreSQL.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    cfg, _engine = _service_db()
+    children = []
+    if embedded_worker:
+        children.append(_spawn_child([
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "-Q", "attributions,default", "--pool", "solo", "-c", "1",
+            "-n", "embedded@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ]))
+    if with_beat:
+        children.append(_spawn_child([sys.executable, "-m", "explain.cli", "beat"]))
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", 1)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", threads)
+            self.cfg.set("timeout", 300)
+            self.cfg.set("accesslog", "-")
+
+        def load(self):
+            # Built in the worker process, after the fork: TensorFlow is not fork-safe.
+            from api import create_app
+
+            return create_app()
+
+    click.echo(f"xaudit: serving on http://{host}:{port} (data in {cfg['DATA_DIR']}, "
+               f"broker {cfg['CELERY_BROKER_URL'].split('@')[-1]})", err=True)
+    try:
+        _Gunicorn().run()
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except Exception:
+                child.kill()
+
+
+@main.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--queues", "-Q", default="attributions,default", show_default=True,
+              help="Comma-separated queues to consume.")
+@click.option("--concurrency", "-c", default=1, show_default=True, type=int)
+@click.option("--pool", default="solo", show_default=True,
+              type=click.Choice(["solo", "prefork", "threads"]))
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker_cmd(queues: str, concurrency: int, pool: str, loglevel: str,
+               celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker (one per GPU: pin it with CUDA_VISIBLE_DEVICES)."""
+    from worker.celery_app import celery
+
+    celery.worker_main([
+        "worker", "-Q", queues, "-c", str(concurrency), "--pool", pool,
+        "--loglevel", loglevel, *celery_args,
+    ])
+
+
+@main.command("beat")
+@click.option("--interval", default=None, type=float,
+              help="Seconds between rounds (default: XAUDIT_BEAT_INTERVAL, 15).")
+def beat_cmd(interval: float | None) -> None:
+    """Dispatch due scheduled audits and requeue audits whose worker vanished."""
+    import logging
+    import signal
+    import threading
+
+    from api import create_app
+    from worker.beat import run_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s beat %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_forever(create_app(), interval=interval, stop=stop)
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys of tenants."""
+
+
+@keys_group.command("create")
+@click.option("--tenant", required=True, help="The tenant's name (created if new).")
+@friendly_errors
+def keys_create_cmd(tenant: str) -> None:
+    """Create an API key for TENANT and print it (it is shown only this once)."""
+    import re
+
+    from sqlalchemy.orm import Session
+
+    from api.auth import create_key
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", tenant):
+        raise ValueError("tenant names are 1-128 letters, digits, '.', '_' or '-'")
+    _cfg, engine = _service_db()
+    with Session(engine) as session:
+        token, _tenant = create_key(session, tenant)
+    click.echo(token)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The service database."""
+
+
+@db_group.command("upgrade")
+@friendly_errors
+def db_upgrade_cmd() -> None:
+    """Create or migrate the database schema to the newest version."""
+    from api.migrate import current
+
+    _cfg, engine = _service_db()
+    click.echo(f"database at revision {current(engine)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,95 @@
+"""Service configuration: defaults, overridden by ``XAUDIT_*`` environment variables.
+
+Every key here can be set from the environment with the ``XAUDIT_`` prefix
+(``XAUDIT_DATABASE_URL``, ``XAUDIT_MAX_CONTENT_LENGTH=50000000``, ...); Flask's
+``from_prefixed_env`` parses values as JSON when it can, so numbers and booleans work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+MB = 1024 * 1024
+
+
+def defaults() -> dict[str, Any]:
+    """The default configuration: one machine, SQLite, local blobs, no Redis."""
+    return {
+        # Where the SQLite database, blobs and the server-less broker live.
+        "DATA_DIR": os.environ.get("XAUDIT_DATA_DIR", "./var"),
+        # Empty means SQLite in DATA_DIR; PostgreSQL via postgresql+psycopg2://...
+        "DATABASE_URL": "",
+        # Empty means the embedded broker (kombu filesystem transport) and results in a
+        # SQLite file; a redis:// URL puts both the broker and the results in Redis.
+        "REDIS_URL": "",
+        # Explicit overrides, for deployments that split broker and results.
+        "CELERY_BROKER_URL": "",
+        "CELERY_RESULT_BACKEND": "",
+        # Upgrade the schema to the newest migration when the app starts.
+        "AUTO_MIGRATE": True,
+        # Uploads larger than this answer 413 before anything is stored.
+        "MAX_CONTENT_LENGTH": 512 * MB,
+        # POST /explain: rows per request, values per request, seconds to wait for the
+        # worker before answering 202 with a job URL.
+        "EXPLAIN_MAX_INSTANCES": 64,
+        "EXPLAIN_MAX_VALUES": 2_000_000,
+        "EXPLAIN_TIMEOUT": 10.0,
+        # Integer options (steps, samples, ...) above this are refused: they bound the work
+        # one request can ask of a worker.
+        "EXPLAIN_MAX_OPTION_INT": 4096,
+        # Celery task limits (seconds): soft raises inside the task, hard kills the child.
+        "AUDIT_SOFT_TIME_LIMIT": 3600,
+        "AUDIT_TIME_LIMIT": 3900,
+        "EXPLAIN_SOFT_TIME_LIMIT": 120,
+        "EXPLAIN_TIME_LIMIT": 150,
+        # Loaded models kept per worker process (LRU, keyed by the file's sha256).
+        "MODEL_CACHE_SIZE": 4,
+        # An audit whose heartbeat is older than this is considered abandoned.
+        "AUDIT_STALE_AFTER": 900,
+        # The beat loop's period (seconds).
+        "BEAT_INTERVAL": 15.0,
+        # Content-Security-Policy of every HTML response: nothing from the network.
+        # Reports are self-contained (inline styles/scripts, data: images).
+        "CONTENT_SECURITY_POLICY": (
+            "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+            "script-src 'unsafe-inline'; font-src data:; connect-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        ),
+    }
+
+
+def resolve(config: dict[str, Any]) -> None:
+    """Fill the derived settings (paths and URLs) in place, after all overrides."""
+    data_dir = Path(config["DATA_DIR"]).expanduser().resolve()
+    config["DATA_DIR"] = str(data_dir)
+    config.setdefault("BLOB_DIR", str(data_dir / "blobs"))
+    if not config.get("BLOB_DIR"):
+        config["BLOB_DIR"] = str(data_dir / "blobs")
+    if not config.get("DATABASE_URL"):
+        config["DATABASE_URL"] = f"sqlite:///{data_dir / 'xaudit.sqlite'}"
+    redis_url = config.get("REDIS_URL") or ""
+    if not config.get("CELERY_BROKER_URL"):
+        config["CELERY_BROKER_URL"] = redis_url or "filesystem://"
+    if not config.get("CELERY_RESULT_BACKEND"):
+        config["CELERY_RESULT_BACKEND"] = (
+            redis_url or f"db+sqlite:///{data_dir / 'celery-results.sqlite'}"
+        )
+    config["BROKER_DIR"] = str(data_dir / "broker")
+
+
+def load() -> dict[str, Any]:
+    """The configuration an app would get (defaults, then ``XAUDIT_*``), resolved.
+
+    For commands that need the database but not the whole app (``xaudit keys``,
+    ``xaudit db``, the ``serve`` supervisor), so they start without importing TensorFlow.
+    """
+    from flask import Config
+
+    cfg = Config(root_path=".")
+    cfg.from_mapping(defaults())
+    cfg.from_prefixed_env("XAUDIT")
+    resolve(cfg)
+    Path(cfg["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    return dict(cfg)

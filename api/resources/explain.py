@@ -1,0 +1,174 @@
+"""``/api/v1/explain``: on-demand attributions for a few instances, computed on a worker.
+
+The request is validated here (instances numeric, finite, shaped like the model input,
+within the per-request limits; method and options known), stored as an explain job, and
+sent to the ``attributions`` queue by id. The API waits up to ``EXPLAIN_TIMEOUT``
+seconds: 200 with the result, or 202 with the job URL to poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+from apiflask import APIBlueprint
+from celery.exceptions import TimeoutError as CeleryTimeout
+from flask import current_app, url_for
+
+from api import db
+from api.auth import auth, current_tenant_id
+from api.errors import abort
+from api.resources.models import get_model_or_404
+from api.schemas import ExplainIn, ExplainOut
+
+log = logging.getLogger("xaudit.api")
+
+bp = APIBlueprint("explain", __name__, tag="Explain")
+
+#: Error codes the worker reports for the caller's mistakes (answered 422, not 500).
+USER_ERROR_STATUS = 422
+
+
+def _fmt(shape) -> str:
+    return "(N, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def validate_instances(instances: list, spec: dict[str, Any]) -> np.ndarray:
+    cfg = current_app.config
+    max_rows = int(cfg["EXPLAIN_MAX_INSTANCES"])
+    if len(instances) > max_rows:
+        abort(422, "too_many_instances",
+              f"{len(instances)} instances; at most {max_rows} per request")
+    try:
+        arr = np.asarray(instances, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        text = str(exc)
+        if "inhomogeneous" in text or "sequence" in text:
+            abort(422, "bad_shape", "instances are ragged: every row must have the same shape")
+        abort(422, "non_numeric", "instances must hold numbers only")
+    if arr.size > int(cfg["EXPLAIN_MAX_VALUES"]):
+        abort(422, "too_many_values",
+              f"{arr.size} values; at most {cfg['EXPLAIN_MAX_VALUES']} per request")
+    if not np.all(np.isfinite(arr)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        abort(422, "non_finite", f"instances contain NaN or Inf (first at index {bad})")
+    want = spec.get("input_shape")
+    if want is not None:
+        want = [None if d is None else int(d) for d in want]
+        got = list(arr.shape[1:])
+        if arr.ndim != len(want) + 1 or any(
+                w is not None and g != w for g, w in zip(got, want, strict=False)):
+            abort(422, "bad_shape",
+                  f"instances must have shape {_fmt(want)} for this model; got "
+                  f"{tuple(arr.shape)}")
+    return arr
+
+
+def validate_method_and_options(method: str, options: dict[str, Any], target: Any,
+                                n_rows: int, spec: dict[str, Any]) -> None:
+    from explain.attributions import METHODS, method_info
+    from explain.attributions.registry import COMMON_OPTIONS
+
+    if method not in METHODS:
+        abort(422, "unknown_method",
+              f"unknown method {method[:64]!r}; known methods: {', '.join(METHODS)}")
+    allowed = method_info(method).options | COMMON_OPTIONS
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        abort(422, "bad_options",
+              f"unknown option(s) {unknown[:5]} for {method}; allowed: {sorted(allowed)}")
+    cap = int(current_app.config["EXPLAIN_MAX_OPTION_INT"])
+    for key, value in options.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                not np.isfinite(value) or abs(value) > cap):
+            abort(422, "bad_options", f"option {key!r} must be finite and at most {cap}")
+    width = None
+    outputs = spec.get("outputs") or []
+    if outputs and isinstance(outputs[0], dict):
+        width = outputs[0].get("width")
+    if target is None:
+        return
+    targets = [target] if not isinstance(target, list) else target
+    if isinstance(target, list) and len(target) != n_rows:
+        abort(422, "bad_target", f"target must be one int per instance ({n_rows})")
+    for t in targets:
+        if isinstance(t, bool) or not isinstance(t, int):
+            abort(422, "bad_target", "target must be null, an int, or a list of ints")
+        if t < 0 or (width is not None and "output" not in options and t >= int(width)):
+            abort(422, "bad_target",
+                  f"target {t} is out of range for an output of width {width}")
+
+
+def job_json(job: db.ExplainJob) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "job_id": job.id,
+        "status": job.status,
+        "job_url": url_for("explain.get_job", job_id=job.id),
+        "method": (job.request or {}).get("method"),
+    }
+    if job.status == "succeeded" and job.result:
+        body.update(job.result)
+    if job.status == "failed":
+        body["error"] = {"code": job.error_code or "explain_failed", "message": job.error}
+    return body
+
+
+@bp.post("/explain")
+@bp.auth_required(auth)
+@bp.input(ExplainIn, location="json")
+@bp.output(ExplainOut)
+@bp.doc(summary="Attributions for a few instances, computed on a worker",
+        responses={200: "done: attributions, prediction, completeness gap",
+                   202: "still running: poll job_url",
+                   404: "unknown model",
+                   422: "invalid instances, method, options or target",
+                   503: "the task queue is unavailable"})
+def explain(json_data):
+    model_row = get_model_or_404(json_data["model_id"])
+    spec = model_row.spec or {}
+    arr = validate_instances(json_data["instances"], spec)
+    method = json_data["method"]
+    options = json_data["options"]
+    target = json_data["target"]
+    validate_method_and_options(method, options, target, len(arr), spec)
+
+    session = db.session()
+    job = db.ExplainJob(tenant_id=current_tenant_id(), model_id=model_row.id, status="queued",
+                        request={"instances": arr.tolist(), "method": method,
+                                 "target": target, "options": options})
+    session.add(job)
+    session.commit()
+    celery = current_app.extensions["celery"]
+    try:
+        result = celery.send_task("xaudit.explain", args=[job.id], task_id=f"explain-{job.id}")
+    except Exception as exc:
+        log.error("could not enqueue explain job %s: %s", job.id, exc)
+        job.status, job.error_code = "failed", "broker_unavailable"
+        job.error = "the task queue is unavailable"
+        session.commit()
+        abort(503, "broker_unavailable", "the task queue is unavailable; try again later")
+    with contextlib.suppress(CeleryTimeout):
+        result.get(timeout=float(current_app.config["EXPLAIN_TIMEOUT"]), propagate=False,
+                   interval=0.05)
+    session.refresh(job)
+    body = job_json(job)
+    if job.status == "succeeded":
+        return body, 200
+    if job.status == "failed":
+        status = 500 if job.error_code == "internal_error" else USER_ERROR_STATUS
+        abort(status, job.error_code or "explain_failed", job.error or "explain failed")
+    return body, 202, {"Location": body["job_url"]}
+
+
+@bp.get("/explain/jobs/<job_id>")
+@bp.auth_required(auth)
+@bp.output(ExplainOut)
+@bp.doc(summary="An explain job: its status, and its result once done",
+        responses={404: "not found"})
+def get_job(job_id: str):
+    job = db.get_owned(db.ExplainJob, job_id, current_tenant_id())
+    if job is None:
+        abort(404, "not_found", f"no explain job with id {job_id!r}")
+    return job_json(job)

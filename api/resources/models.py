@@ -1,0 +1,91 @@
+"""``/api/v1/models``: upload a model (intake first, then store), list, get."""
+
+from __future__ import annotations
+
+import logging
+
+from apiflask import APIBlueprint
+
+from api import db, services
+from api.auth import auth, current_tenant_id
+from api.errors import abort
+from api.schemas import ArtifactListOut, ArtifactOut, ListQuery, ModelUploadIn
+from explain.errors import ModelIntakeError
+
+log = logging.getLogger("xaudit.api")
+
+bp = APIBlueprint("models", __name__, tag="Models")
+
+
+def get_model_or_404(model_id: str) -> db.ModelRow:
+    row = db.get_owned(db.ModelRow, model_id, current_tenant_id())
+    if row is None:
+        abort(404, "not_found", f"no model with id {model_id!r}")
+    return row
+
+
+@bp.post("/models")
+@bp.auth_required(auth)
+@bp.input(ModelUploadIn, location="form_and_files")
+@bp.output(ArtifactOut, status_code=201)
+@bp.doc(summary="Upload a new version of a named model",
+        description="The file is checked by the model intake (archive structure, config "
+                    "contents, unsafe layers) and loaded in Keras safe mode before anything "
+                    "is stored; a refusal answers 4xx with the intake's code and leaves "
+                    "nothing behind.",
+        responses={201: "stored", 413: "file too large", 422: "refused by the model intake"})
+def upload_model(form_and_files_data):
+    from explain.modelio import IntakePolicy, inspect_model_file
+
+    upload = form_and_files_data["file"]
+    name = form_and_files_data["name"]
+    tmp, sha, size, suffix = services.receive_upload(upload)
+    try:
+        spec = inspect_model_file(tmp, policy=IntakePolicy.from_env())
+        spec_dict = spec.to_dict()
+    except ModelIntakeError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except (ValueError, TypeError, OSError) as exc:
+        # Keras itself choked on a file that passed the structural checks.
+        tmp.unlink(missing_ok=True)
+        log.info("model upload refused by keras: %s", exc)
+        abort(422, "corrupt_file", f"the model could not be loaded: {str(exc)[:300]}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    store = services.blobs()
+    key, created = store.adopt(tmp, sha, suffix)
+    session = db.session()
+    try:
+        row = services.insert_versioned(
+            session, db.ModelRow, created, key, tenant_id=current_tenant_id(), name=name,
+            sha256=sha, size=size, spec=spec_dict)
+    except Exception:
+        session.rollback()
+        if created:
+            store.delete(key)
+        raise
+    return services.artifact_json(row, "models"), 201
+
+
+@bp.get("/models")
+@bp.auth_required(auth)
+@bp.input(ListQuery, location="query")
+@bp.output(ArtifactListOut)
+@bp.doc(summary="List the tenant's models (newest first); filter by name")
+def list_models(query_data):
+    stmt = db.scoped(db.ModelRow, current_tenant_id())
+    if query_data.get("name"):
+        stmt = stmt.where(db.ModelRow.name == query_data["name"])
+    stmt = stmt.order_by(db.ModelRow.created_at.desc(), db.ModelRow.version.desc())
+    rows = db.session().scalars(stmt.limit(query_data["limit"]).offset(query_data["offset"]))
+    return {"items": [services.artifact_json(r, "models") for r in rows]}
+
+
+@bp.get("/models/<object_id>")
+@bp.auth_required(auth)
+@bp.output(ArtifactOut)
+@bp.doc(summary="One model version", responses={404: "not found"})
+def get_model(object_id: str):
+    return services.artifact_json(get_model_or_404(object_id), "models")

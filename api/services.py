@@ -1,0 +1,173 @@
+"""What the blueprints (and the beat) share: storing uploads, creating and enqueueing
+audits, and turning rows into JSON."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, url_for
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import db
+from api.blobs import BlobStore
+from api.errors import abort
+
+log = logging.getLogger("xaudit.api")
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".zip", ".tar", ".tgz")
+DATA_SUFFIXES = (".npz", ".npy", ".csv")
+_SAFE_SUFFIX = re.compile(r"^\.[a-z0-9]{1,10}$")
+
+
+def blobs() -> BlobStore:
+    return current_app.extensions["xaudit_blobs"]
+
+
+def upload_suffix(filename: str | None) -> str:
+    """The lowercased extension of an uploaded file name, or "" when it is not a plain
+    short extension. The name itself is never used for anything on disk."""
+    suffix = Path(filename or "").suffix.lower()
+    return suffix if _SAFE_SUFFIX.match(suffix) else ""
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def receive_upload(file_storage) -> tuple[Path, str, int, str]:
+    """Stream an upload into the blob store's tmp folder.
+
+    Returns
+    -------
+    (tmp_path, sha256, size, suffix)
+        The caller adopts ``tmp_path`` into the store or deletes it.
+    """
+    suffix = upload_suffix(getattr(file_storage, "filename", None))
+    store = blobs()
+    tmp = store.temp_file(suffix)
+    try:
+        sha, size = store.write_stream(file_storage.stream, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if size == 0:
+        tmp.unlink(missing_ok=True)
+        abort(422, "empty_file", "the uploaded file is empty")
+    return tmp, sha, size, suffix
+
+
+def next_version(session: Session, model: type[db.Base], tenant_id: str, name: str) -> int:
+    current = session.scalar(
+        select(func.max(model.version)).where(model.tenant_id == tenant_id, model.name == name)
+    )
+    return int(current or 0) + 1
+
+
+def insert_versioned(session: Session, model: type[db.Base], blob_created: bool,
+                     blob_key: str, **fields: Any):
+    """Insert a new version of a named artifact; the version is max+1 for (tenant, name).
+
+    Two uploads of the same name at once race for the same version: the unique constraint
+    rejects the loser, which retries with the next number.
+    """
+    for _attempt in range(8):
+        version = next_version(session, model, fields["tenant_id"], fields["name"])
+        row = model(version=version, blob_key=blob_key, **fields)
+        session.add(row)
+        try:
+            session.commit()
+            return row
+        except IntegrityError:
+            session.rollback()
+    if blob_created:
+        blobs().delete(blob_key)
+    abort(409, "conflict", "too many concurrent uploads of this name; try again")
+    return None  # unreachable: abort raises
+
+
+def artifact_json(row: db.ModelRow | db.DatasetRow, kind: str) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "version": row.version,
+        "sha256": row.sha256,
+        "size": row.size,
+        "spec": row.spec,
+        "created_at": db.iso(row.created_at),
+        "url": url_for(f"{kind}.get_{kind[:-1]}", object_id=row.id),
+    }
+
+
+# --------------------------------------------------------------------------- audits
+
+
+def latest(session: Session, model: type[db.Base], tenant_id: str, name: str):
+    return session.scalars(
+        db.scoped(model, tenant_id).where(model.name == name)
+        .order_by(model.version.desc()).limit(1)
+    ).first()
+
+
+def create_audit(session: Session, tenant_id: str, model_row: db.ModelRow,
+                 dataset_row: db.DatasetRow, config: dict[str, Any],
+                 previous_audit_id: str | None = None,
+                 schedule_id: str | None = None) -> db.Audit:
+    """Insert a queued audit row (committed); the caller enqueues it."""
+    audit = db.Audit(tenant_id=tenant_id, model_id=model_row.id, dataset_id=dataset_row.id,
+                     status="queued", progress=0.0, stage="queued", config=config,
+                     timings={}, previous_audit_id=previous_audit_id,
+                     schedule_id=schedule_id)
+    session.add(audit)
+    session.commit()
+    return audit
+
+
+def enqueue_audit(celery_app, session: Session, audit: db.Audit) -> bool:
+    """Send the audit's task (the message carries only its id).
+
+    The task id is the audit id, so a duplicate send is recognisable. When the broker
+    cannot be reached the row is marked failed, so nothing waits for a message that was
+    never sent; returns False then.
+    """
+    try:
+        celery_app.send_task("xaudit.audit", args=[audit.id], task_id=f"audit-{audit.id}")
+        return True
+    except Exception as exc:
+        log.error("could not enqueue audit %s: %s", audit.id, exc)
+        audit.status = "failed"
+        audit.error = "the task queue is unavailable; the audit was not started"
+        audit.error_code = "broker_unavailable"
+        audit.finished_at = db.utcnow()
+        session.commit()
+        return False
+
+
+def audit_json(audit: db.Audit) -> dict[str, Any]:
+    done = audit.status == "succeeded"
+    error = None
+    if audit.error:
+        error = {"code": audit.error_code or "audit_failed", "message": audit.error}
+    return {
+        "id": audit.id,
+        "status": audit.status,
+        "progress": float(audit.progress or 0.0),
+        "stage": audit.stage,
+        "error": error,
+        "model_id": audit.model_id,
+        "dataset_id": audit.dataset_id,
+        "previous_audit_id": audit.previous_audit_id,
+        "schedule_id": audit.schedule_id,
+        "config": audit.config or {},
+        "timings": audit.timings or {},
+        "created_at": db.iso(audit.created_at),
+        "started_at": db.iso(audit.started_at),
+        "finished_at": db.iso(audit.finished_at),
+        "status_url": url_for("audits.get_audit", audit_id=audit.id),
+        "report_url": url_for("audits.get_report", audit_id=audit.id) if done else None,
+        "report_json_url": (url_for("audits.get_report_json", audit_id=audit.id)
+                            if done else None),
+    }

@@ -1,0 +1,16 @@
+"""The worker's entry point: ``celery -A worker.celery_app worker -Q attributions,default``.
+
+GPU memory growth is configured before anything initialises TensorFlow's devices.
+"""
+
+from __future__ import annotations
+
+from worker.gpu import configure_gpus
+
+configure_gpus()
+
+from api import create_app  # noqa: E402
+
+flask_app = create_app()
+celery = flask_app.extensions["celery"]
+app = celery
