@@ -1,8 +1,11 @@
 """Deletion / insertion curves: true order beats random and reverse on a linear model."""
 
+import json
+
 import numpy as np
 import pytest
 
+from explain import attribute
 from explain.metrics import CausalFidelity, Deletion, Direction, Insertion
 from tests import models
 
@@ -39,6 +42,14 @@ def test_true_order_beats_random_and_reverse_on_insertion(linear):
     assert true.score > true.detail["mean_random_auc"] > reverse.score
     assert true.passed is True and reverse.passed is False
     assert metric.direction is Direction.HIGHER
+
+
+def test_integrated_gradients_order_is_the_optimal_deletion_order(linear):
+    model, x, w, b = linear
+    ig = attribute(model, x, "integrated_gradients")  # exactly x * w for a linear model
+    metric = Deletion(model, x, steps=8)
+    np.testing.assert_allclose(metric.evaluate(ig), metric.evaluate(x * w), atol=1e-5)
+    assert metric.check(ig) is True
 
 
 def test_curve_endpoints_are_f_x_and_f_baseline(linear):
@@ -106,7 +117,7 @@ def test_image_patches_accept_channel_attributions_and_spatial_maps(cnn):
                                probs[np.arange(3), targets], atol=1e-5)
     blank = model.predict(np.zeros_like(x), verbose=0)[np.arange(3), targets]
     np.testing.assert_allclose(with_channels.detail["score_at_baseline"], blank, atol=1e-5)
-    assert with_channels.to_dict()["detail"]["patch"] == [2, 2]
+    assert json.loads(json.dumps(with_channels.to_dict()))["detail"]["patch"] == [2, 2]
 
 
 def test_patch_scores_sum_attribution_per_cell(cnn):

@@ -1,5 +1,7 @@
 """Model-parameter randomization: gradients decorrelate, a model-blind map does not."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,7 @@ def test_gradient_decorrelates_and_passes(cnn):
     assert [s["layer"] for s in result.detail["curve"]] == ["probs", "last_conv", "conv1"]
     assert result.detail["curve"][-1]["randomized_layers"] == 3
     assert result.detail["per_example_raw"] is not None
+    json.dumps(result.to_dict())
     for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     # The user's model still answers exactly as before.
@@ -106,11 +109,12 @@ def test_nested_model_randomizes_leaf_layers_without_touching_the_original():
     model = models.nested_cnn(size=32)
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
     before = _weights(model)
-    result = ModelParameterRandomization(model, x, method="saliency", max_layers=2).detailed()
+    result = ModelParameterRandomization(model, x, method=tape_gradient,
+                                         max_layers=1).detailed()
     leaves = weighted_leaf_layers(model)
     assert result.detail["n_weighted_layers"] == len(leaves) > 50
     curve = result.detail["curve"]
-    assert len(curve) == 3 and curve[-1]["layer"] == "all"
+    assert len(curve) == 2 and curve[-1]["layer"] == "all"
     assert curve[0]["layer"] == leaves[-1].name  # the top Dense layer first
     assert np.isfinite(result.score) and result.score < 1.0
     for a, b in zip(before, model.get_weights(), strict=True):
