@@ -114,9 +114,16 @@ class Dataset:
     sha256: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        self.x = np.ascontiguousarray(np.asarray(self.x, dtype=np.float32))
+        x = np.asarray(self.x)
+        if not _is_real_numeric(x):
+            raise DataError(f"inputs must be real numbers, got dtype {x.dtype}",
+                            code="bad_dtype")
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
         if self.y is not None:
             y = np.asarray(self.y)
+            if not _is_real_numeric(y):
+                raise DataError(f"labels must be numbers, got dtype {y.dtype}",
+                                code="bad_labels")
             if np.issubdtype(y.dtype, np.bool_) or np.issubdtype(y.dtype, np.integer):
                 y = y.astype(np.int64)
             else:
@@ -179,6 +186,12 @@ class Dataset:
         with open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         return path
+
+
+def _is_real_numeric(a: np.ndarray) -> bool:
+    return a.dtype != object and (np.issubdtype(a.dtype, np.bool_)
+                                  or np.issubdtype(a.dtype, np.integer)
+                                  or np.issubdtype(a.dtype, np.floating))
 
 
 def _hash_arrays(x: np.ndarray, y: np.ndarray | None) -> str:
@@ -552,11 +565,9 @@ def validate_for_model(dataset: Dataset, spec: Any) -> Dataset:
         (first offending row named).
     """
     x = np.asarray(dataset.x)
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number)
-                                 or np.issubdtype(x.dtype, np.bool_)):
-        raise DataError(f"inputs must be numeric, got dtype {x.dtype}", code="bad_dtype")
-    if np.iscomplexobj(x):
-        raise DataError("inputs must be real numbers, got complex values", code="bad_dtype")
+    if not _is_real_numeric(x):  # a Dataset whose x was replaced after construction
+        raise DataError(f"inputs must be real numbers, got dtype {x.dtype}",
+                        code="bad_dtype")
     if x.shape[0] == 0:
         raise DataError("the data set has no rows", code="empty")
 
