@@ -31,7 +31,10 @@ def blobs() -> BlobStore:
 def upload_suffix(filename: str | None) -> str:
     """The lowercased extension of an uploaded file name, or "" when it is not a plain
     short extension. The name itself is never used for anything on disk."""
-    suffix = Path(filename or "").suffix.lower()
+    lowered = (filename or "").lower()
+    if lowered.endswith(".tar.gz"):
+        return ".tgz"  # the same format under a one-part extension the blob keys allow
+    suffix = Path(lowered).suffix
     return suffix if _SAFE_SUFFIX.match(suffix) else ""
 
 
@@ -54,9 +57,7 @@ def receive_upload(file_storage) -> tuple[Path, str, int, str]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if size == 0:
-        tmp.unlink(missing_ok=True)
-        abort(422, "empty_file", "the uploaded file is empty")
+    # An empty file goes to the intake like any other: it names the refusal.
     return tmp, sha, size, suffix
 
 
@@ -134,7 +135,8 @@ def enqueue_audit(celery_app, session: Session, audit: db.Audit) -> bool:
     never sent; returns False then.
     """
     try:
-        celery_app.send_task("xaudit.audit", args=[audit.id], task_id=f"audit-{audit.id}")
+        celery_app.tasks["xaudit.audit"].apply_async(args=[audit.id],
+                                                     task_id=f"audit-{audit.id}")
         return True
     except Exception as exc:
         log.error("could not enqueue audit %s: %s", audit.id, exc)

@@ -287,17 +287,18 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
         log.info("audit %s is %s; nothing to do", audit_id, claimed)
         return {"status": claimed, "skipped": True}
 
-    from explain.audit import run_audit
-
-    from explain.datasets import load_data_file
-    from reports import render_html, render_json
-
     session = db.session()
     audit = session.get(db.Audit, audit_id)
     model_row = session.get(db.ModelRow, audit.model_id)
     dataset_row = session.get(db.DatasetRow, audit.dataset_id)
     progress = _Progress(audit_id)
     try:
+        # Imported here so a missing or broken pipeline fails this audit cleanly instead
+        # of leaving its row running.
+        from explain.audit import run_audit  # noqa: I001
+        from explain.datasets import load_data_file
+        from reports import render_html, render_json
+
         progress("loading", 0.0)
         data = load_data_file(blobs().path(dataset_row.blob_key), label=dataset_row.label)
         previous = load_previous(audit)

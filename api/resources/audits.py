@@ -137,8 +137,11 @@ def _report_blob(audit_id: str, attr: str) -> bytes:
         responses={200: {"description": "HTML report", "content": {"text/html": {}}},
                    404: "not found", 409: "not finished"})
 def get_report(audit_id: str):
+    from reports import CSP
+
     body = _report_blob(audit_id, "report_html_key")
-    return Response(body, mimetype="text/html")
+    # The report's own policy: no scripts, nothing from the network.
+    return Response(body, mimetype="text/html", headers={"Content-Security-Policy": CSP})
 
 
 @bp.get("/audits/<audit_id>/report.json")
