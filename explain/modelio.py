@@ -713,16 +713,15 @@ _KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 _MAX_DEPTH = 400
 
 
-def _safe_bases() -> tuple[type, ...]:
-    return (keras.layers.Layer, keras.Operation, keras.initializers.Initializer,
-            keras.regularizers.Regularizer, keras.constraints.Constraint,
-            keras.optimizers.Optimizer, keras.optimizers.schedules.LearningRateSchedule,
-            keras.losses.Loss, keras.metrics.Metric, keras.DTypePolicy)
-
-
-def _code_layer_classes() -> tuple[type, ...]:
-    return tuple(getattr(keras.layers, n) for n in sorted(_CODE_LAYERS)
-                 if hasattr(keras.layers, n))
+# Captured once at import: the checks must not depend on names that can be rebound later.
+_SAFE_BASES: tuple[type, ...] = (
+    keras.layers.Layer, keras.Operation, keras.initializers.Initializer,
+    keras.regularizers.Regularizer, keras.constraints.Constraint, keras.optimizers.Optimizer,
+    keras.optimizers.schedules.LearningRateSchedule, keras.losses.Loss, keras.metrics.Metric,
+    keras.DTypePolicy)
+_CODE_LAYER_CLASSES: tuple[type, ...] = tuple(
+    getattr(keras.layers, n) for n in sorted(_CODE_LAYERS) if hasattr(keras.layers, n))
+_TFSM_LAYER: type = keras.layers.TFSMLayer
 
 
 _BUILTIN_NAMES: frozenset[str] | None = None
@@ -732,7 +731,6 @@ def _builtin_class_names() -> frozenset[str]:
     """Names of Keras built-in classes, for legacy configs that carry no ``module``."""
     global _BUILTIN_NAMES
     if _BUILTIN_NAMES is None:
-        bases = _safe_bases()
         names = {"Functional"}
         for mod in (keras, keras.layers, keras.models, keras.initializers,
                     keras.regularizers, keras.constraints, keras.optimizers,
@@ -740,7 +738,7 @@ def _builtin_class_names() -> frozenset[str]:
                     keras.dtype_policies):
             for attr in dir(mod):
                 obj = getattr(mod, attr, None)
-                if (isinstance(obj, type) and issubclass(obj, bases)
+                if (isinstance(obj, type) and issubclass(obj, _SAFE_BASES)
                         and obj.__module__.startswith("keras.")):
                     names.add(attr)
         _BUILTIN_NAMES = frozenset(names - _CODE_LAYERS)
@@ -820,10 +818,15 @@ class _ConfigAudit:
         for path, node in nodes:
             if isinstance(node, dict):
                 self._code_layer(path, node)
+        admitted: set[str] = set()
         for path, node in nodes:
-            if isinstance(node, dict):
-                self._builtin_only(path, node)
-            elif isinstance(node, str) and node in self.resolvable and node not in self.allowed:
+            if isinstance(node, dict) and self._builtin_only(path, node):
+                # An allow-listed object's own names may appear as plain strings too.
+                admitted.update(v for v in (node.get("registered_name"), node.get("class_name"),
+                                            node.get("config")) if isinstance(v, str))
+        for path, node in nodes:
+            if (isinstance(node, str) and node in self.resolvable
+                    and node not in self.allowed and node not in admitted):
                 raise ModelIntakeError(
                     f"the config refers to the custom object {node!r} at {path}; "
                     "it is not on the operator's allow-list", code="custom_object")
@@ -867,7 +870,7 @@ class _ConfigAudit:
         module = node.get("module")
         if not hit and isinstance(module, str) and isinstance(class_name, str):
             resolved = _resolve_keras(module, class_name)
-            if isinstance(resolved, type) and issubclass(resolved, _code_layer_classes()):
+            if isinstance(resolved, type) and issubclass(resolved, _CODE_LAYER_CLASSES):
                 hit = {class_name}
         if hit:
             raise ModelIntakeError(
@@ -891,10 +894,11 @@ class _ConfigAudit:
                 candidates.add(f"{module}.{class_name}")
         return bool({c for c in candidates if isinstance(c, str)} & self.allowed)
 
-    def _builtin_only(self, path: str, node: Mapping) -> None:
+    def _builtin_only(self, path: str, node: Mapping) -> bool:
+        """Refuse an object that is not a Keras built-in; True if it was allow-listed."""
         has_object_keys = any(k in node for k in ("class_name", "module", "registered_name"))
         if not has_object_keys:
-            return
+            return False
         class_name = node.get("class_name")
         module = node.get("module")
         registered = node.get("registered_name")
@@ -907,21 +911,21 @@ class _ConfigAudit:
             raise ModelIntakeError(f"malformed registered_name at {path}", code="corrupt_file")
 
         if class_name in _VALUE_MARKERS and registered in (None, class_name) and module is None:
-            return
+            return False
         if class_name in _CODE_MARKERS or (class_name.startswith("__")
                                            and class_name != "__typespec__"):
             raise ModelIntakeError(
                 f"the config holds a serialized Python function ({class_name} at {path}); "
                 "refused", code="unsafe_config")
         if self._is_allowed(node):
-            return
+            return True
 
         if class_name == "function":
             fn_name = node.get("config")
             if (isinstance(fn_name, str) and isinstance(module, str)
                     and self._is_keras_function(module, fn_name)
                     and registered in (None, fn_name)):
-                return
+                return False
             raise ModelIntakeError(
                 f"the config holds a reference to the function {module}.{fn_name} at {path}, "
                 "which is not a Keras built-in; refused", code="unsafe_config")
@@ -931,13 +935,13 @@ class _ConfigAudit:
             if isinstance(module, str) and isinstance(spec_name, str):
                 resolved = _resolve_keras(module, spec_name)
                 if isinstance(resolved, type):
-                    return
+                    return False
             raise self._custom(path, node)
 
         if module is None:
             # Legacy (.h5 / Keras 2) configs name built-ins by class name alone.
             if class_name in _builtin_class_names() and registered in (None, class_name):
-                return
+                return False
             raise self._custom(path, node)
         if _module_root(module) not in _KERAS_PACKAGES:
             raise self._custom(path, node)
@@ -947,7 +951,7 @@ class _ConfigAudit:
                 f"the config calls {api_name} at {path}, which is not a modeling API",
                 code="unsafe_config")
         resolved = _resolve_keras(module, class_name)
-        if not (isinstance(resolved, type) and issubclass(resolved, _safe_bases())
+        if not (isinstance(resolved, type) and issubclass(resolved, _SAFE_BASES)
                 and resolved.__module__.startswith("keras.")):
             raise self._custom(path, node)
         # Keras looks `registered_name` up among registered custom objects before the
@@ -955,6 +959,7 @@ class _ConfigAudit:
         # object in disguise.
         if registered not in (None, class_name):
             raise self._custom(path, node)
+        return False
 
     @staticmethod
     def _is_keras_function(module: str, fn_name: str) -> bool:
@@ -1262,7 +1267,7 @@ def _build_spec(model: keras.Model, *, fmt: str, sha256: str, file_size: int,
                                 dtype=str(getattr(t, "dtype", "float32"))))
     output_names = list(getattr(model, "output_names", None) or [])
     heads = []
-    is_tfsm = any(isinstance(la, keras.layers.TFSMLayer) for la in model.layers)
+    is_tfsm = any(isinstance(la, _TFSM_LAYER) for la in model.layers)
     for i, t in enumerate(model.outputs):
         shape = (_shape(t) or [])[1:]
         width = shape[-1] if shape else 1
