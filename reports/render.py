@@ -1,0 +1,390 @@
+"""Render an :class:`~explain.result.AuditResult` as one self-contained HTML file, or as JSON.
+
+The HTML loads nothing: CSS is inline, figures are PNG data URIs, there is no script, and a
+Content-Security-Policy in the head forbids anything else. Templates are rendered with
+autoescaping on, so every string that came from a user (model, data set, feature and class
+names, finding evidence) reaches the page as text, never as markup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from explain.result import AuditResult
+from reports import figures
+from reports.schema import SCHEMA_VERSION, validate_report
+
+__all__ = ["DEFAULT_MAX_EXAMPLES", "CSP", "render_html", "render_json"]
+
+#: Examples drawn one by one in the HTML (all of them stay in report.json).
+DEFAULT_MAX_EXAMPLES = 8
+
+#: The policy in the report's <meta> tag; the API sends the same as a response header.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+# Misclassified examples are the ones a reviewer needs first.
+_REASON_ORDER = {"misclassified": 0, "largest_error": 0, "least_confident": 1, "stratified": 2}
+_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+_REASON_TEXT = {
+    "misclassified": "misclassified",
+    "largest_error": "largest error",
+    "least_confident": "least confident",
+    "stratified": "sampled per class",
+}
+_PERFORMANCE_TABLES = {"per_class", "confusion_matrix", "calibration", "residuals"}
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("reports", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = format_number
+    env.filters["method"] = figures.method_title
+    env.filters["humanize"] = _humanize
+    env.filters["timestamp"] = _timestamp
+    env.filters["columns"] = _columns
+    env.tests["mapping_list"] = _is_mapping_list
+    env.globals["CSP"] = CSP
+    return env
+
+
+def render_json(result: AuditResult, *, validate: bool = True) -> str:
+    """Return the report.json text of an audit.
+
+    Parameters
+    ----------
+    result
+        The audit result.
+    validate
+        Check the report against the schema first (raises on any problem).
+
+    Returns
+    -------
+    str
+        Indented JSON.
+
+    Raises
+    ------
+    ValueError
+        If ``validate`` and the report does not follow the schema.
+    """
+    if validate:
+        validate_report(result.report)
+    return result.to_json()
+
+
+def render_html(
+    result: AuditResult, *, max_examples: int = DEFAULT_MAX_EXAMPLES, validate: bool = True
+) -> str:
+    """Return the audit as one self-contained HTML document.
+
+    Parameters
+    ----------
+    result
+        The audit result: the report plus the arrays the figures need.
+    max_examples
+        How many examples the "local explanations" section draws, misclassified first.
+        Every example stays in report.json.
+    validate
+        Check the report against the schema first (raises on any problem).
+
+    Returns
+    -------
+    str
+        The HTML document (UTF-8 text, no external references).
+
+    Raises
+    ------
+    ValueError
+        If the report does not follow the schema or the arrays do not match it.
+    """
+    if max_examples < 0:
+        raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+    report = validate_report(result.report) if validate else result.report
+    _check_arrays(report, result)
+    template = _environment().get_template("report.html.j2")
+    return template.render(**_context(report, result, max_examples))
+
+
+# -- the view the template reads ---------------------------------------------------------------
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """Format a report value for a table cell: ints with separators, floats to 4 digits."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return "—"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits - 1}f}"
+    return str(value)
+
+
+def _timestamp(value: str) -> str:
+    # Reviewers read "2025-06-01 12:00 UTC" faster than an ISO string; keep odd input as is.
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _humanize(key: str) -> str:
+    return str(key).replace("_", " ")
+
+
+def _is_mapping_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, Mapping) for item in value)
+        and all(
+            isinstance(v, (str, int, float, bool, type(None)))
+            for item in value
+            for v in item.values()
+        )
+    )
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    # Union of the rows' keys in first-seen order, so ragged evidence still lines up.
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def _check_arrays(report: Mapping[str, Any], result: AuditResult) -> None:
+    n = len(report["examples"])
+    problems = []
+    x = result.examples_x
+    if x is not None and x.shape[0] != n:
+        problems.append(f"examples_x has {x.shape[0]} rows for {n} examples")
+    for method, maps in result.maps().items():
+        if maps.shape[0] != n:
+            problems.append(f"maps.{method} has {maps.shape[0]} rows for {n} examples")
+    class_names = report["dataset"]["class_names"]
+    for method, maps in result.class_maps().items():
+        if maps.ndim != 3:
+            problems.append(f"class_maps.{method} must be (K, H, W), got {maps.shape}")
+        elif class_names is not None and maps.shape[0] != len(class_names):
+            problems.append(
+                f"class_maps.{method} has {maps.shape[0]} maps for {len(class_names)} classes"
+            )
+    if problems:
+        raise ValueError("arrays do not match the report: " + "; ".join(problems))
+
+
+def _label_text(value: Any, class_names: Sequence[str] | None) -> str:
+    if (
+        class_names is not None
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value < len(class_names)
+    ):
+        return str(class_names[value])
+    if isinstance(value, float):
+        return format_number(value)
+    return "—" if value is None else str(value)
+
+
+def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> dict[str, Any]:
+    dataset = report["dataset"]
+    class_names = dataset["class_names"]
+    findings = sorted(report["findings"], key=lambda f: _SEVERITY_ORDER[f["severity"]])
+    by_code = {f["code"]: f for f in report["findings"]}
+    severity_counts = {
+        level: sum(1 for f in findings if f["severity"] == level)
+        for level in ("critical", "warning", "info")
+    }
+    sections = [
+        ("summary", "Summary"),
+        ("model", "Model"),
+        ("performance", "Performance"),
+        ("global-importance", "Global importance"),
+        ("local", "Local explanations"),
+        ("quality", "Explanation quality"),
+        ("findings", "Findings"),
+    ]
+    if report["drift"] is not None:
+        sections.append(("drift", "Drift"))
+    sections.append(("reproducibility", "Reproducibility"))
+    return {
+        "report": report,
+        "schema_version": SCHEMA_VERSION,
+        "sections": sections,
+        "top_findings": [by_code[c] for c in report["verdict"]["top_findings"]],
+        "findings": findings,
+        "severity_counts": severity_counts,
+        "headline_stats": _headline_stats(report),
+        "performance": _performance_view(report),
+        "importance": _importance_view(report, result),
+        "examples": _examples_view(report, result, max_examples),
+        "quality": _quality_view(report),
+        "drift": _drift_view(report, result),
+        "class_names": class_names,
+        "scales": {kind: figures.colour_scale(kind) for kind in ("unsigned", "signed")},
+    }
+
+
+def _headline_stats(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    perf = report["performance"]
+    stats = []
+    if "accuracy" in perf:
+        stats.append(("accuracy", format_number(perf["accuracy"])))
+        if perf.get("balanced_accuracy") is not None:
+            stats.append(("balanced accuracy", format_number(perf["balanced_accuracy"])))
+    else:
+        stats.append(("R²", format_number(perf.get("r2"))))
+        stats.append(("RMSE", format_number(perf.get("rmse"))))
+    stats.append(("rows audited", format_number(report["dataset"]["rows"])))
+    methods = report["explanation_quality"]
+    trusted = sum(1 for entry in methods.values() if entry["passed"])
+    stats.append(("methods passing quality checks", f"{trusted} of {len(methods)}"))
+    stats.append(("findings", format_number(len(report["findings"]))))
+    return stats
+
+
+def _performance_view(report: Mapping[str, Any]) -> dict[str, Any]:
+    perf = report["performance"]
+    class_names = report["dataset"]["class_names"]
+    scalars = [
+        (key, value)
+        for key, value in perf.items()
+        if key not in _PERFORMANCE_TABLES and not isinstance(value, (dict, list))
+    ]
+    extra = {
+        key: value
+        for key, value in perf.items()
+        if key not in _PERFORMANCE_TABLES and isinstance(value, (dict, list))
+    }
+    view: dict[str, Any] = {
+        "scalars": scalars,
+        "extra": extra,
+        "per_class": perf.get("per_class"),
+        "confusion_figure": None,
+        "reliability_figure": None,
+        "residual_figure": None,
+        "residual_stats": None,
+        "calibration": perf.get("calibration"),
+    }
+    matrix = perf.get("confusion_matrix")
+    if matrix:
+        names = class_names or [str(i) for i in range(len(matrix))]
+        view["confusion_figure"] = figures.confusion_matrix_figure(matrix, names)
+    calibration = perf.get("calibration")
+    if calibration and calibration.get("bins"):
+        view["reliability_figure"] = figures.reliability_figure(
+            calibration["bins"], calibration.get("ece")
+        )
+    residuals = perf.get("residuals")
+    if residuals:
+        view["residual_figure"] = figures.residual_figure(residuals)
+        view["residual_stats"] = {k: v for k, v in residuals.items() if k != "histogram"}
+    return view
+
+
+def _importance_view(report: Mapping[str, Any], result: AuditResult) -> dict[str, Any]:
+    importance = report["global_importance"]
+    class_names = report["dataset"]["class_names"]
+    view: dict[str, Any] = {
+        "bars_figure": None,
+        "grid_figure": None,
+        "class_maps": [],
+        "top": 15,
+    }
+    if importance["items"]:
+        view["bars_figure"] = figures.importance_figure(
+            importance["items"], top=view["top"],
+            xlabel=f"mean |{figures.method_title(importance['method'])}| attribution",
+        )
+    if importance["kind"] == "image" and importance["grid"] and importance["items"]:
+        view["grid_figure"] = figures.region_grid_figure(importance["items"], importance["grid"])
+    for method, maps in result.class_maps().items():
+        view["class_maps"].append((method, figures.class_map_panels(maps, class_names)))
+    return view
+
+
+def _examples_view(
+    report: Mapping[str, Any], result: AuditResult, max_examples: int
+) -> dict[str, Any]:
+    examples = report["examples"]
+    class_names = report["dataset"]["class_names"]
+    feature_names = report["dataset"]["feature_names"]
+    order = sorted(range(len(examples)), key=lambda i: _REASON_ORDER[examples[i]["reason"]])
+    shown = order[:max_examples]
+    maps = result.maps()
+    x = result.examples_x
+    image = report["dataset"]["kind"] == "image"
+    rows = []
+    for i in shown:
+        example = examples[i]
+        figure, panels = None, []
+        if image and x is not None:
+            panels = figures.image_panels(x[i], {m: a[i] for m, a in maps.items()})
+        elif not image and maps:
+            n_features = next(iter(maps.values())).shape[1]
+            names = feature_names or [f"x{j}" for j in range(n_features)]
+            figure = figures.tabular_example_figure(
+                {m: a[i] for m, a in maps.items()}, names, None if x is None else x[i]
+            )
+        rows.append(
+            {
+                "example": example,
+                "label": _label_text(example["label"], class_names),
+                "prediction": _label_text(example["prediction"], class_names),
+                "reason": _REASON_TEXT[example["reason"]],
+                "figure": figure,
+                "panels": panels,
+            }
+        )
+    return {"rows": rows, "total": len(examples), "methods": list(maps)}
+
+
+def _quality_view(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    view = []
+    for method, entry in report["explanation_quality"].items():
+        view.append(
+            {
+                "method": method,
+                "entry": entry,
+                "figure": figures.quality_curves_figure(entry),
+            }
+        )
+    return view
+
+
+def _drift_view(report: Mapping[str, Any], result: AuditResult) -> dict[str, Any] | None:
+    drift = report["drift"]
+    if drift is None:
+        return None
+    maps_panels = []
+    previous = result.drift_arrays()
+    for method, maps in result.class_maps().items():
+        old = previous.get(f"class_maps.{method}")
+        if old is not None and old.ndim == 3:
+            before, now = figures.drift_map_panels(old, maps, report["dataset"]["class_names"])
+            maps_panels.append((method, before, now))
+    return {
+        "figure": figures.drift_figure(drift["items"]) if drift["items"] else None,
+        "items": sorted(drift["items"], key=lambda it: -abs(it["change"] or 0.0)),
+        "maps": maps_panels,
+    }
