@@ -852,14 +852,13 @@ class _ConfigAudit:
                 raise ModelIntakeError(
                     f"the config tries to switch Keras safe mode off (at {path})",
                     code="unsafe_config")
-        for key in ("module", "spec_name"):
-            module = node.get(key)
-            if key == "module" and isinstance(module, str) and _is_system_module(module):
-                # CVE-2025-1550: Keras imported whatever `module` named (os, subprocess,
-                # builtins) and called into it while rebuilding the model.
-                raise ModelIntakeError(
-                    f"the config references the system module {module!r} "
-                    f"({_describe(path, node)}); refused", code="unsafe_config")
+        module = node.get("module")
+        if isinstance(module, str) and _is_system_module(module):
+            # CVE-2025-1550: Keras imported whatever `module` named (os, subprocess,
+            # builtins) and called into it while rebuilding the model.
+            raise ModelIntakeError(
+                f"the config references the system module {module!r} "
+                f"({_describe(path, node)}); refused", code="unsafe_config")
 
     # -- pass 2
     def _code_layer(self, path: str, node: Mapping) -> None:
