@@ -1,1 +1,418 @@
-"""(being written)"""
+"""SHAP values: Shapley values of the model output with an interventional background.
+
+The value of a coalition S of features for row x is the model's expected output when the
+features in S keep x's values and the others take a background row's values, averaged
+over the background (the "independent masker" that shap's Exact, Permutation and Kernel
+explainers use with a background set)::
+
+    v(S) = mean_b f(x_S, b_rest)[target]
+
+so ``sum(values) = f(x)[target] - mean_b f(b)[target]``; every result reports this gap.
+
+Estimators (option ``estimator``)
+---------------------------------
+``"auto"`` (default)
+    ``"exact"`` when the number of players M (features, feature groups or image regions)
+    is at most 10, else ``"kernel"``.
+``"exact"``
+    Enumerates all 2^M coalitions (M <= 14) and applies the Shapley weights in closed
+    form. Matches ``shap.ExactExplainer`` with ``shap.maskers.Independent(background,
+    max_samples=len(background))``.
+``"kernel"``
+    KernelSHAP with one coalition design shared by all rows: complete enumeration of the
+    cheap sizes, stratified paired sampling of the rest, weighted least squares with the
+    efficiency constraint exact. ``samples`` coalitions per row (default ``2M + 2048``);
+    when ``2^M - 2 <= samples`` the coalitions are enumerated and ``"exact"`` runs.
+``"permutation"``
+    Antithetic permutation sampling (each permutation and its reverse), about
+    ``samples`` coalitions per row; additive by construction.
+``"gradient"``
+    Expected gradients (= shap's GradientExplainer): ``samples`` (default 200) draws per
+    row of a background row and a point on the straight path to x. Needs gradients.
+``"deep"``
+    shap's DeepExplainer (DeepLIFT rescale rule against the background), where it
+    supports the model; otherwise a ValueError pointing to ``"gradient"``.
+
+The model-agnostic estimators (exact, kernel, permutation) cost ``rows x coalitions x
+background rows`` forward passes, in calls of at most ``batch_size`` rows: raise
+``batch_size`` (e.g. 4096 for small models) for speed, shrink the background for less work.
+
+Background (option ``background``)
+----------------------------------
+An array ``(B, ...)`` of rows shaped like the input: pass a sample of the training data
+(50-100 rows is typical). Since ``attribute`` receives no separate data set, an int ``B``
+samples B rows of ``x`` itself (seeded), and the default (None) is ``min(50, N)`` rows
+of ``x`` for tabular inputs, and for images a single image filled with the per-channel mean
+colour of ``x`` (a masked region is "greyed out" to the mean colour). With a background
+taken from ``x`` and only one row to explain, every SHAP value is zero: pass a background.
+
+Images
+------
+Players are regions (``groups``): ``"grid"`` (default; ``grid`` x ``grid`` cells, grid 8
+for images of at least 16 pixels a side, else 4), ``"superpixels"`` (``grid``^2 regions per
+image from a deterministic k-means on position and colour), or an int array ``(H, W)`` of
+region ids. A region's Shapley value is spread evenly over its pixels and channels, so
+the per-pixel values still sum to ``f(x) - E[f(b)]``. Tabular inputs can merge columns
+with ``feature_groups`` (an int array, one group id per feature).
+
+``extra`` holds ``estimator`` (the one that ran), ``groups`` (the region map ``(H, W)``,
+``(N, H, W)`` for superpixels, or the feature-to-group map), ``group_values`` ``(N, M)``,
+``background_rows`` and ``model_rows`` (forward passes spent on coalitions).
+
+Ref. Lundberg & Lee 2017 (SHAP, KernelSHAP); Covert & Lee 2021 (paired sampling, exact
+efficiency); Mitchell et al. 2022 (antithetic permutations); Erion et al. 2021 (expected
+gradients); Shrikumar et al. 2017 (DeepLIFT).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from explain._backend import keras
+from explain.attributions import _coalitions as co
+from explain.attributions._grouping import Grouping, image_groups, tabular_groups
+from explain.attributions.base import (
+    Attribution,
+    ModelFunction,
+    check_positive_int,
+    completeness_gap,
+    gradient_fn,
+    spatial_axes,
+)
+from explain.attributions.registry import register
+
+#: ``auto`` enumerates exactly up to this many players.
+AUTO_EXACT_MAX = 10
+DEFAULT_BACKGROUND_ROWS = 50
+DEFAULT_GRADIENT_SAMPLES = 200
+
+
+def default_samples(m: int) -> int:
+    """Coalitions per row for kernel and permutation by default: ``2M + 2048``."""
+    return 2 * m + 2048
+
+
+# --------------------------------------------------------------------------- option checks
+
+
+def _resolve_background(background: Any, x: np.ndarray, rng: np.random.Generator,
+                        image: bool) -> np.ndarray:
+    n = len(x)
+    if background is None:
+        if image:
+            return np.broadcast_to(x.mean(axis=(0, 1, 2), keepdims=True), (1, *x.shape[1:])
+                                   ).astype(np.float32)
+        rows = min(DEFAULT_BACKGROUND_ROWS, n)
+        return x[np.sort(rng.choice(n, rows, replace=False))]
+    if isinstance(background, (int, np.integer)) and not isinstance(background, bool):
+        if not 1 <= background <= n:
+            raise ValueError(
+                f"background={background} samples that many rows of x, which has {n} rows; "
+                f"pass an int in [1, {n}] or an array of background rows"
+            )
+        return x[np.sort(rng.choice(n, int(background), replace=False))]
+    try:
+        bg = np.asarray(background)
+    except Exception as exc:
+        raise TypeError(f"background must be an int or a numeric array: {exc}") from None
+    if bg.dtype == object or not (np.issubdtype(bg.dtype, np.number)
+                                  or np.issubdtype(bg.dtype, np.bool_)):
+        raise TypeError(f"background must be an int or a numeric array, got dtype {bg.dtype}")
+    if bg.shape == x.shape[1:]:
+        bg = bg[None]
+    if bg.shape[1:] != x.shape[1:] or bg.ndim != x.ndim:
+        raise ValueError(
+            f"background must have shape (B, {', '.join(str(d) for d in x.shape[1:])}) to "
+            f"match the input, got {bg.shape}"
+        )
+    if len(bg) == 0:
+        raise ValueError("background is empty: it needs at least one row")
+    bg = bg.astype(np.float32)
+    if not np.all(np.isfinite(bg)):
+        raise ValueError("background contains NaN or Inf")
+    return bg
+
+
+def _resolve_grouping(x: np.ndarray, groups: Any, grid: Any, feature_groups: Any) -> Grouping:
+    if spatial_axes((None, *x.shape[1:])) is not None:
+        if feature_groups is not None:
+            raise ValueError("feature_groups is for tabular inputs; for images use groups")
+        return image_groups(x, groups, grid)
+    if groups is not None or grid is not None:
+        raise ValueError(
+            "groups and grid apply to image inputs (N, H, W, C); for other inputs use "
+            "feature_groups"
+        )
+    return tabular_groups(x.shape[1:], feature_groups)
+
+
+# --------------------------------------------------------------------------- the game
+
+
+class _MaskedGame:
+    """``v(S)`` for every explained row and coalition, in calls of <= batch_size rows."""
+
+    def __init__(self, mf: ModelFunction, x: np.ndarray, targets: np.ndarray,
+                 background: np.ndarray, grouping: Grouping, batch_size: int):
+        self.mf = mf
+        self.x = x.reshape(len(x), -1)
+        self.bg = background.reshape(len(background), -1)
+        self.shape = x.shape[1:]
+        self.targets = targets
+        self.grouping = grouping
+        self.batch_size = batch_size
+        self.model_rows = 0
+
+    def values(self, masks: np.ndarray) -> np.ndarray:
+        """``(N, C)`` float64 values of the coalitions ``masks`` ``(C, M)``."""
+        n, c, b = len(self.x), len(masks), len(self.bg)
+        total = n * c * b
+        acc = np.zeros(n * c)
+        el = self.grouping.elements
+        for start in range(0, total, self.batch_size):
+            idx = np.arange(start, min(total, start + self.batch_size))
+            row, rest = np.divmod(idx, c * b)
+            coal, bgi = np.divmod(rest, b)
+            if el.ndim == 1:
+                keep = masks[coal][:, el]
+            else:
+                keep = np.take_along_axis(masks[coal], el[row], axis=1)
+            batch = np.where(keep, self.x[row], self.bg[bgi]).reshape((len(idx), *self.shape))
+            out = self.mf.predict(batch, batch_size=len(idx))
+            acc += np.bincount(row * c + coal, weights=out[np.arange(len(idx)), self.targets[row]],
+                               minlength=n * c)
+        self.model_rows += total
+        return acc.reshape(n, c) / b
+
+
+# --------------------------------------------------------------------------- estimators
+# Each takes (game, v_empty, v_full, rng, samples) and returns (N, M) Shapley values of
+# the players. shap has no batched counterpart of these (its explainers evaluate one row's
+# coalitions at a time), which is why they are written here.
+
+
+def _exact(game: _MaskedGame, v_empty, v_full, rng, samples) -> np.ndarray:
+    m = game.grouping.m
+    if m > co.MAX_EXACT_FEATURES:
+        raise ValueError(
+            f"estimator='exact' enumerates 2^M coalitions and allows at most "
+            f"{co.MAX_EXACT_FEATURES} players; this input has M={m}. Use estimator='kernel' "
+            f"or 'permutation', or fewer groups (feature_groups / grid)"
+        )
+    coalitions = co.all_coalitions(m)
+    inner = game.values(coalitions[1:-1])
+    v_all = np.concatenate([v_empty[:, None], inner, v_full[:, None]], axis=1)
+    return co.exact_shapley(v_all, coalitions)
+
+
+def _kernel(game: _MaskedGame, v_empty, v_full, rng, samples) -> np.ndarray:
+    m = game.grouping.m
+    masks, weights = co.kernel_design(m, samples, rng)
+    return co.kernel_solve(masks, weights, game.values(masks), v_empty, v_full)
+
+
+def _permutation(game: _MaskedGame, v_empty, v_full, rng, samples) -> np.ndarray:
+    m = game.grouping.m
+    n_pairs = max(1, int(round(samples / (2 * (m - 1)))))
+    perms = co.antithetic_permutations(m, n_pairs, rng)
+    coalitions, index = co.permutation_design(perms)
+    return co.permutation_solve(perms, index, game.values(coalitions), v_empty, v_full)
+
+
+_AGNOSTIC: dict[str, Callable[..., np.ndarray]] = {
+    "exact": _exact,
+    "kernel": _kernel,
+    "permutation": _permutation,
+}
+
+
+def _expected_gradients(mf: ModelFunction, x: np.ndarray, targets: np.ndarray,
+                        background: np.ndarray, samples: int, rng: np.random.Generator,
+                        batch_size: int) -> np.ndarray:
+    """Expected gradients ``(N, ...)``: mean over draws of ``(x - b) * grad f(b + a (x - b))``.
+
+    Background rows are drawn in shuffled rounds (each row as evenly often as ``samples``
+    allows) and the path points are stratified over (0, 1), which removes most of the
+    sampling noise; when ``samples`` is a multiple of B a linear model's result is exact.
+
+    Ref. Erion et al. 2021 (expected gradients).
+    """
+    n, b = len(x), len(background)
+    rounds = -(-samples // b)
+    bg_idx = np.stack([
+        np.concatenate([rng.permutation(b) for _ in range(rounds)])[:samples] for _ in range(n)
+    ])
+    alphas = (rng.permuted(np.tile(np.arange(samples), (n, 1)), axis=1)
+              + rng.random((n, samples))) / samples
+    xf, bf = x.reshape(n, -1), background.reshape(b, -1)
+    total = np.zeros_like(xf, dtype=np.float64)
+    grad = gradient_fn(mf)
+    for start in range(0, n * samples, batch_size):
+        idx = np.arange(start, min(n * samples, start + batch_size))
+        row, k = np.divmod(idx, samples)
+        base = bf[bg_idx[row, k]]
+        delta = xf[row] - base
+        point = (base + alphas[row, k][:, None].astype(np.float32) * delta).astype(np.float32)
+        g, _ = grad(point.reshape((len(idx), *x.shape[1:])), targets[row])
+        np.add.at(total, row, delta * g.numpy().reshape(len(idx), -1))
+    return (total / samples).reshape(x.shape)
+
+
+def _head_model(mf: ModelFunction) -> keras.Model:
+    """A single-input, single-output (N, K) Keras model of the explained head."""
+    model = mf.model
+    if mf.logits:
+        inp = keras.Input(mf.input_shape[1:])
+        try:
+            out = mf._forward(inp)
+        except Exception as exc:
+            raise ValueError(
+                f"estimator='deep' could not build the pre-activation head of this model "
+                f"({type(exc).__name__}: {exc}); use estimator='gradient' or logits=False"
+            ) from None
+        head = keras.Model(inp, out)
+    elif mf.n_heads > 1:
+        head = keras.Model(model.inputs, model.outputs[mf.output_index])
+    else:
+        head = model
+    if len(head.outputs[0].shape) != 2:
+        head = keras.Model(head.inputs, keras.layers.Flatten()(head.outputs[0]))
+    return head
+
+
+def _deep(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, background: np.ndarray,
+          batch_size: int) -> np.ndarray:
+    """shap's DeepExplainer on the explained head, values for each row's target ``(N, ...)``.
+
+    Ref. Shrikumar et al. 2017 (DeepLIFT); Lundberg & Lee 2017 (DeepSHAP).
+    """
+    import shap
+
+    head = _head_model(mf)
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    try:
+        with warnings.catch_warnings():
+            # Keras 3 warns that shap passes a list where the model expects one tensor, and
+            # shap warns about TF >= 2.4 graph mode; neither changes the result.
+            warnings.filterwarnings("ignore", message="The structure of `inputs`")
+            warnings.filterwarnings("ignore", message="Your TensorFlow version is newer")
+            tf_log.setLevel(logging.ERROR)  # shap retraces its gradient graph per output
+            explainer = shap.DeepExplainer(head, background)
+            parts = []
+            for start in range(0, len(x), batch_size):
+                sv = np.asarray(explainer.shap_values(x[start:start + batch_size],
+                                                      check_additivity=False))
+                t = targets[start:start + batch_size]
+                parts.append(np.take_along_axis(
+                    sv.reshape(len(t), -1, sv.shape[-1]), t[:, None, None], axis=2)[..., 0])
+    except Exception as exc:
+        raise ValueError(
+            f"estimator='deep' is not supported for this model (shap's DeepExplainer "
+            f"failed: {type(exc).__name__}: {str(exc)[:200]}); use estimator='gradient'"
+        ) from None
+    finally:
+        tf_log.setLevel(level)
+    return np.concatenate(parts).reshape(x.shape)
+
+
+ESTIMATORS = ("auto", "exact", "kernel", "permutation", "gradient", "deep")
+
+
+# --------------------------------------------------------------------------- the method
+
+
+@register(
+    "shap",
+    options={"estimator", "background", "samples", "seed", "groups", "grid", "feature_groups"},
+    defaults={"estimator": "auto", "background": None, "samples": None, "seed": 0,
+              "groups": None, "grid": None, "feature_groups": None},
+    completeness=True,
+    gradient_based=False,
+    summary="Shapley values against a background (exact, kernel, permutation, "
+            "expected gradients or DeepSHAP)",
+)
+def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: int,
+          estimator: str = "auto", background: Any = None, samples: int | None = None,
+          seed: int = 0, groups: Any = None, grid: int | None = None,
+          feature_groups: Any = None) -> Attribution:
+    """SHAP values of ``f(x)[target]`` against a background; see the module docstring.
+
+    Returns an :class:`Attribution` with values of ``x.shape``, ``scores = f(x)[t]``,
+    ``baseline_scores = E_b f(b)[t]`` and the completeness gap.
+
+    Ref. Lundberg & Lee 2017.
+    """
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise ValueError(f"unknown SHAP estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
+    seed = check_positive_int("seed", seed, minimum=0)
+    rng = np.random.default_rng(seed)
+    image = spatial_axes((None, *x.shape[1:])) is not None
+    bg = _resolve_background(background, x, rng, image)
+    grouping = _resolve_grouping(x, groups, grid, feature_groups)
+    m = grouping.m
+    if estimator == "auto":
+        estimator = "exact" if m <= AUTO_EXACT_MAX else "kernel"
+    if samples is not None:
+        samples = check_positive_int("samples", samples)
+    if estimator == "kernel":
+        samples = default_samples(m) if samples is None else samples
+        if samples < m + 1:
+            raise ValueError(f"samples must be at least M + 1 = {m + 1} for the kernel "
+                             f"estimator, got {samples}")
+        if samples >= 2**m - 2:
+            estimator = "exact"
+    elif estimator == "permutation":
+        samples = default_samples(m) if samples is None else samples
+    elif estimator == "gradient":
+        samples = DEFAULT_GRADIENT_SAMPLES if samples is None else samples
+
+    f_x = mf.predict(x, batch_size)
+    f_bg = mf.predict(bg, batch_size).astype(np.float64).mean(axis=0)
+    scores = f_x[np.arange(len(x)), targets].astype(np.float32)
+    baseline = f_bg[targets].astype(np.float32)
+
+    model_rows = 0
+    if estimator in _AGNOSTIC:
+        if m == 1:
+            group_values = (scores.astype(np.float64) - f_bg[targets])[:, None]
+        else:
+            game = _MaskedGame(mf, x, targets, bg, grouping, batch_size)
+            group_values = _AGNOSTIC[estimator](
+                game, f_bg[targets], f_x[np.arange(len(x)), targets].astype(np.float64),
+                rng, samples)
+            model_rows = game.model_rows
+        values = grouping.spread(group_values).reshape(x.shape)
+    else:
+        if estimator == "gradient":
+            values = _expected_gradients(mf, x, targets, bg, samples, rng, batch_size)
+            model_rows = len(x) * samples
+        else:
+            values = _deep(mf, x, targets, bg, batch_size)
+        group_values = grouping.collect(values.reshape(len(x), -1))
+
+    values = values.astype(np.float32)
+    if len(bg) == 1 and background is None and not image and len(x) == 1:
+        warnings.warn("the SHAP background was taken from the single row explained, so every "
+                      "value is zero; pass background=<rows of training data>", stacklevel=3)
+    return Attribution(
+        values=values,
+        method="shap",
+        targets=targets,
+        scores=scores,
+        baseline_scores=baseline,
+        completeness_gap=completeness_gap(values, scores, baseline),
+        extra={
+            "estimator": estimator,
+            "groups": grouping.group_map,
+            "group_values": group_values.astype(np.float32),
+            "background_rows": len(bg),
+            "model_rows": model_rows,
+            "samples": samples,
+        },
+    )
