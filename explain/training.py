@@ -282,8 +282,10 @@ def train_reference_model(
         model = build_mlp(train.x, n_classes, name=f"{dataset_name}_mlp")
         lr = 3e-3
         bs = batch_size or 32
+    # Several steps per call into the graph: with batches this small, the Python side of
+    # each step costs as much as the step itself (measured ~1.5x faster on breast_cancer).
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=8)
 
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
