@@ -8,7 +8,8 @@ numpy array of the model's input shape, and targets are resolved in one place
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +146,7 @@ class ModelFunction:
         self.output_index = self._resolve_output(model, output, n_heads)
         self.n_heads = n_heads
         self.logits = bool(logits)
+        self._twin: tuple[keras.layers.Layer, keras.layers.Layer] | None = None
         layer = _output_layer(model, self.output_index)
         self.final_activation = _activation_name(layer)
         self._forward = self._build_forward(model, layer) if self.logits else None
@@ -186,6 +188,7 @@ class ModelFunction:
             twin = layer.__class__.from_config(cfg)
             twin.build(tuple(layer.input.shape))
             twin.set_weights(layer.get_weights())
+            self._twin = (layer, twin)
         if isinstance(model, keras.Sequential):
             body = model.layers[:-1]
 
@@ -204,6 +207,12 @@ class ModelFunction:
             return h if twin is None else twin(h)
 
         return forward
+
+    def sync(self) -> None:
+        """Copy the final layer's current weights into the pre-activation twin, if any."""
+        if self._twin is not None:
+            layer, twin = self._twin
+            twin.set_weights(layer.get_weights())
 
     def __call__(self, x, training: bool = False) -> tf.Tensor:
         """Outputs of the chosen head as a 2-D tensor ``(N, K)``."""
@@ -233,16 +242,49 @@ class ModelFunction:
         return out[np.arange(len(x)), targets].astype(np.float32)
 
 
-# tf.function caches per python object: keyed on the ModelFunction instance it is given.
-_GRAPH_CACHE: dict[int, Any] = {}
+# Tracing a model's graph costs far more than running a batch through it (seconds for a
+# MobileNet-size network), and every ``explain()`` call builds a fresh ModelFunction. The
+# compiled graphs are therefore cached per (model, head, logits), not per ModelFunction,
+# in a small LRU: entries keep their model alive, hence the bound.
+_COMPILED: OrderedDict[tuple, tuple[keras.Model, Any]] = OrderedDict()
+_COMPILED_SIZE = 8
+
+
+def compiled(mf: ModelFunction, kind: str, build: Callable[[ModelFunction], Any]) -> Any:
+    """``build(mf)`` cached for ``mf``'s model, head and ``logits`` under the name ``kind``.
+
+    A cached entry was built on an earlier ModelFunction of the same model; its
+    pre-activation twin (``logits=True``) is re-synced so later weight updates are seen.
+    """
+    key = (kind, id(mf.model), mf.output_index, mf.logits)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is mf.model:
+        _COMPILED.move_to_end(key)
+        fn = hit[1]
+        owner = getattr(fn, "mf", None)
+        if owner is not None and owner is not mf:
+            owner.sync()
+        return fn
+    fn = build(mf)
+    _COMPILED[key] = (mf.model, fn)
+    while len(_COMPILED) > _COMPILED_SIZE:
+        _COMPILED.popitem(last=False)
+    return fn
+
+
+class _ForwardFn:
+    """``f(x)`` of a ModelFunction as a compiled graph."""
+
+    def __init__(self, mf: ModelFunction):
+        self.mf = mf
+        self._fn = tf.function(lambda t: mf(t), reduce_retracing=True)
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        return self._fn(x)
 
 
 def _call_graph(mf: ModelFunction, x: tf.Tensor) -> tf.Tensor:
-    fn = _GRAPH_CACHE.get(id(mf))
-    if fn is None or fn[0] is not mf:
-        fn = (mf, tf.function(lambda t: mf(t), reduce_retracing=True))
-        _GRAPH_CACHE[id(mf)] = fn
-    return fn[1](x)
+    return compiled(mf, "forward", _ForwardFn)(x)
 
 
 # --------------------------------------------------------------------------- targets
@@ -316,16 +358,9 @@ class GradientFn:
         return np.concatenate(grads).astype(np.float32), np.concatenate(scores).astype(np.float32)
 
 
-_GRAD_CACHE: dict[int, tuple[ModelFunction, GradientFn]] = {}
-
-
 def gradient_fn(mf: ModelFunction) -> GradientFn:
-    """The (cached) compiled gradient function of ``mf``."""
-    hit = _GRAD_CACHE.get(id(mf))
-    if hit is None or hit[0] is not mf:
-        hit = (mf, GradientFn(mf))
-        _GRAD_CACHE[id(mf)] = hit
-    return hit[1]
+    """The compiled gradient function of ``mf``, cached per model, head and ``logits``."""
+    return compiled(mf, "gradient", GradientFn)
 
 
 # --------------------------------------------------------------------------- the result

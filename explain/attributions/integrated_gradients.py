@@ -136,6 +136,32 @@ def weighted_gradient_sum(grads: tf.Tensor, deltas: tf.Tensor, weights: tf.Tenso
     return tf.math.unsorted_segment_sum(terms, segments, n_segments)
 
 
+def _row_shape(t: tf.Tensor) -> tf.Tensor:
+    return tf.concat([[-1], tf.ones([tf.rank(t) - 1], tf.int32)], axis=0)
+
+
+@tf.function(reduce_retracing=True)
+def _fixed_path_points(baseline: tf.Tensor, deltas: tf.Tensor, rows: tf.Tensor,
+                       steps: tf.Tensor, alphas: tf.Tensor,
+                       baseline_rows: tf.Tensor | None) -> tf.Tensor:
+    """Path points ``baseline + alpha * (x - baseline)`` of one chunk, gathered in-graph.
+
+    ``baseline`` is ``(1, ...)`` (shared, broadcast; ``baseline_rows`` None) or
+    ``(N, ...)`` (gathered at ``baseline_rows``); ``deltas`` is ``x - baseline`` ``(N, ...)``.
+    """
+    a = tf.reshape(tf.gather(alphas, steps), _row_shape(deltas))
+    base = baseline if baseline_rows is None else tf.gather(baseline, baseline_rows)
+    return base + a * tf.gather(deltas, rows)
+
+
+@tf.function(reduce_retracing=True)
+def _step_sums(grads: tf.Tensor, weights: tf.Tensor, segments: tf.Tensor,
+               n_segments: tf.Tensor) -> tf.Tensor:
+    """``sum weight * grad`` over the rows of each segment, float32 ``(n_segments, ...)``."""
+    return tf.math.unsorted_segment_sum(
+        grads * tf.reshape(weights, _row_shape(grads)), segments, n_segments)
+
+
 # --------------------------------------------------------------------------- baselines
 
 
@@ -178,6 +204,11 @@ class _Baselines:
             self._fixed = np.full((1, *x.shape[1:]), spec, np.float32)
         else:
             self._fixed = _baseline_array(spec, x)
+
+    @property
+    def fixed(self) -> np.ndarray | None:
+        """The baseline array, ``(1, ...)`` or ``(N, ...)``; None for random draws."""
+        return None if self._uniform else self._fixed
 
     def rows(self, i: np.ndarray, b: np.ndarray) -> np.ndarray:
         if not self._uniform:
@@ -299,21 +330,44 @@ def integrated_gradients(
     per_row = n_draws * len(alphas)
     grad = gradient_fn(mf)
     acc = np.zeros(x.shape, np.float64)
+    alphas_t, weights_t = tf.constant(alphas), tf.constant(weights / n_draws)
+    targets_t = tf.constant(targets, tf.int32)
+    x_t = tf.convert_to_tensor(x)
+    fixed = bases.fixed
+    if fixed is not None:
+        # Inputs and baselines cross into TensorFlow once; each chunk is gathered in-graph.
+        base_t = tf.convert_to_tensor(fixed)
+        deltas_t = x_t - base_t
+        shared = len(fixed) == 1
 
     for rows, copies in stream_chunks(len(x), per_row, batch_size):
         draws, step = copies // len(alphas), copies % len(alphas)
-        xs = tf.convert_to_tensor(x[rows])
-        bs = tf.convert_to_tensor(bases.rows(rows, draws))
-        points = interpolate_path(xs, bs, tf.convert_to_tensor(alphas[step]))
-        g, _ = grad(points, targets[rows])
-        # Rows in a chunk are sorted, so local segment ids are offsets from the first.
-        first = int(rows[0])
-        n_local = int(rows[-1]) - first + 1
-        part = weighted_gradient_sum(
-            g, xs - bs, tf.convert_to_tensor(weights[step] / n_draws),
-            tf.convert_to_tensor(rows - first, tf.int32), tf.constant(n_local, tf.int32),
-        )
-        acc[first : first + n_local] += part.numpy()
+        rows_t, step_t = tf.constant(rows, tf.int32), tf.constant(step, tf.int32)
+        if fixed is not None:
+            points = _fixed_path_points(base_t, deltas_t, rows_t, step_t, alphas_t,
+                                        None if shared else rows_t)
+        else:
+            bs = bases.rows(rows, draws)
+            points = interpolate_path(tf.gather(x_t, rows_t), tf.convert_to_tensor(bs),
+                                      tf.gather(alphas_t, step_t))
+        g, _ = grad(points, tf.gather(targets_t, rows_t))
+        # A (row, draw) pair has one x - baseline, so its weighted gradients are summed
+        # first and multiplied by it once; chunks are sorted, so pairs are contiguous.
+        pair = rows * n_draws + draws
+        pairs, first_of, local = np.unique(pair, return_index=True, return_inverse=True)
+        sums = _step_sums(g, tf.gather(weights_t, step_t),
+                          tf.constant(local.reshape(-1), tf.int32),
+                          tf.constant(len(pairs), tf.int32)).numpy()
+        pair_rows = rows[first_of]
+        if fixed is not None:
+            d = x[pair_rows] - fixed[pair_rows if not shared else np.zeros_like(pair_rows)]
+        else:
+            d = x[pair_rows] - bs[first_of]
+        contrib = sums.astype(np.float64) * d
+        if n_draws == 1:
+            acc[pair_rows] += contrib
+        else:
+            np.add.at(acc, pair_rows, contrib)
 
     values = acc.astype(np.float32)
     scores = mf.target_scores(x, targets, batch_size)
@@ -333,6 +387,9 @@ def _baseline_scores(mf: ModelFunction, bases: _Baselines, targets: np.ndarray,
                      batch_size: int) -> np.ndarray:
     """``mean_b f(baseline_b)[t]`` per row, evaluated in chunks of ``batch_size``."""
     n = len(targets)
+    if bases.fixed is not None and len(bases.fixed) == 1:
+        # One baseline shared by every row: one forward pass, not N copies of it.
+        return mf.predict(bases.fixed, 1)[0, targets].astype(np.float32)
     total = np.zeros(n, np.float64)
     for rows, draws in stream_chunks(n, bases.samples, batch_size):
         s = mf.target_scores(bases.rows(rows, draws), targets[rows], batch_size)
