@@ -363,6 +363,13 @@ def _load_npz(p: Path) -> Dataset:
                 meta = {}
             if not isinstance(meta, dict):
                 meta = {}
+    per_row = meta.get("per_row")
+    if per_row is not None and not (
+            isinstance(per_row, dict)
+            and all(isinstance(v, list) and len(v) == x.shape[0] for v in per_row.values())):
+        # Per-row facts must line up with the rows, or slicing the set would misattribute
+        # them; a file that breaks that keeps its data and loses the facts.
+        meta.pop("per_row")
     return _assemble(x, y, feature_names, class_names, kind, name, meta, source)
 
 
@@ -747,6 +754,8 @@ def _shapes(seed: int = 0, shortcut: bool = True, rate: float = 0.95, n: int = 1
         raise ValueError(f"n must be at least 3, got {n}")
     if size < 24:
         raise ValueError(f"size must be at least 24 pixels, got {size}")
+    if not 0 <= mark <= size // 4:
+        raise ValueError(f"mark must be between 0 (no watermark) and {size // 4}, got {mark}")
     rng = np.random.default_rng([seed, 0])
     y = rng.permutation(np.arange(n) % len(SHAPE_CLASSES)).astype(np.int64)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)

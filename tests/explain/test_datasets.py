@@ -165,6 +165,15 @@ def test_npz_label_count_and_empty_and_corrupt(tmp_path):
     assert code_of(e) == "bad_format"
 
 
+def test_npz_per_row_meta_that_does_not_fit_is_dropped(tmp_path):
+    p = tmp_path / "m.npz"
+    np.savez(p, x=np.ones((3, 2)), meta=np.array(json.dumps(
+        {"per_row": {"a": [1, 2]}, "note": "<b>kept</b>"})))
+    d = load_data_file(p)
+    assert "per_row" not in d.meta and d.meta["note"] == "<b>kept</b>"
+    assert d.subset([0, 2]).n == 2
+
+
 def test_npy_inputs_only(tmp_path):
     p = tmp_path / "x.npy"
     np.save(p, np.arange(6).reshape(2, 3))
