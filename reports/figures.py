@@ -186,7 +186,7 @@ def reliability_figure(bins: Sequence[Mapping[str, Any]], ece: float | None) -> 
         if b.get("count") and b.get("confidence") is not None and b.get("accuracy") is not None
     ]
     width = 0.9 / max(len(bins), 1)
-    with _figure(3.6, 3.2) as fig:
+    with _figure(3.6, 3.4) as fig:
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], ls="--", color=_MUTED, lw=1, label="perfect calibration")
         if used:
@@ -200,7 +200,8 @@ def reliability_figure(bins: Sequence[Mapping[str, Any]], ece: float | None) -> 
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
         ax.set_title("Reliability" + (f" (ECE {ece:.3f})" if ece is not None else ""))
-        ax.legend(loc="upper left")
+        # Below the axes: inside, it would hide bars wherever the model is well calibrated.
+        fig.legend(loc="outside lower center", ncols=3, fontsize=7)
         return _data_uri(fig)
 
 

@@ -135,7 +135,8 @@ def format_number(value: Any, digits: int = 4) -> str:
             return "—"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.{digits - 1}e}"
-        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits - 1}f}"
+        # Scores in [-1, 1] (accuracy, correlations) keep fixed decimals so 1.0 reads "1.000".
+        return f"{value:.{digits}g}" if abs(value) > 1 else f"{value:.{digits - 1}f}"
     return str(value)
 
 
