@@ -115,7 +115,7 @@ def test_drift_and_ndcg():
     prev = [{"feature": "a", "score": 3.0}, {"feature": "b", "score": 2.0},
             {"feature": "c", "score": 1.0}, {"feature": "d", "score": 0.1}]
     assert ndcg(prev, prev) == pytest.approx(1.0)
-    flipped = [{"feature": n, "score": s} for n, s in zip("abcd", [0.1, 1.0, 2.0, 3.0])]
+    flipped = [{"feature": n, "score": s} for n, s in zip("abcd", [0.1, 1.0, 2.0, 3.0], strict=True)]
     assert ndcg(prev, flipped) < 0.9
     found = run_rules(FindingInputs(report={"drift": {"ndcg": ndcg(prev, flipped),
                                                       "items": []}}))
@@ -128,3 +128,36 @@ def test_threshold_overrides_validated():
         FindingThresholds.from_config({"nope": 1})
     with pytest.raises(TypeError):
         FindingThresholds.from_config({"drift_min_ndcg": "high"})
+
+
+def test_central_object_is_not_a_shortcut_but_a_border_patch_is():
+    # Every example attends to the middle of the image (where the objects are): with the
+    # border restriction that is no shortcut; without it, the same maps would be flagged.
+    rng = np.random.default_rng(3)
+    maps = rng.random((12, 32, 32)) * 0.02
+    maps[:, 12:20, 12:20] += 1.0
+    preds = np.zeros(12, int)
+    inputs = FindingInputs(report={}, image_maps={"a": maps, "b": maps}, predictions=preds)
+    assert not [f for f in run_rules(inputs) if f["code"] == "shortcut_region"]
+    anywhere = FindingThresholds(shortcut_border_cells=0)
+    assert [f["evidence"]["region"] for f in run_rules(inputs, anywhere)
+            if f["code"] == "shortcut_region"] == ["center"]
+    edge = rng.random((12, 32, 32)) * 0.02
+    edge[:, 12:20, 0:6] += 1.0
+    found = run_rules(FindingInputs(report={}, image_maps={"a": edge}, predictions=preds))
+    assert [f["evidence"]["region"] for f in found if f["code"] == "shortcut_region"] == [
+        "left edge"]
+
+
+def test_dominant_feature_needs_share_and_lead_over_runner_up():
+    def report(scores):
+        return {"global_importance": {"kind": "tabular", "items": [
+            {"feature": f"f{i}", "score": s} for i, s in enumerate(scores)]}}
+
+    # A leak among honest features: 40 % of the importance, 3x the next one.
+    leak = run_rules(FindingInputs(report=report([4.0, 1.3, 1.2, 1.1, 1.0, 0.9, 0.5])))
+    assert [f["code"] for f in leak] == ["dominant_feature"]
+    assert leak[0]["evidence"]["feature"] == "f0"
+    # Two strong features sharing the lead: a large share but no single dominant one.
+    pair = run_rules(FindingInputs(report=report([4.0, 3.5, 0.5, 0.5])))
+    assert pair == []
