@@ -138,9 +138,22 @@ class Schedule(Base):
     dataset_name: Mapped[str] = mapped_column(String(128))
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Cron times are read in UTC. The beat claims a run by moving this forward with a
+    # compare-and-set (see worker.beat.claim_run).
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Optional completion webhook. The secret signs each delivery (HMAC-SHA256), so it is
+    # kept as given rather than hashed: signing needs the secret itself. It is shown to
+    # the tenant once, in the answer to the POST that created the schedule.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_on: Mapped[str | None] = mapped_column(String(16))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+
+
+#: When a schedule's webhook fires: after every run, or only when a run has a critical
+#: finding (or fails).
+WEBHOOK_EVENTS = ("completion", "critical")
 
 
 class Audit(Base):

@@ -1,10 +1,21 @@
 """Dispatch of scheduled audits and recovery of abandoned ones.
 
-Each due schedule is claimed with a compare-and-set on ``next_run_at`` (the UPDATE only
-succeeds for the process that read the current value), so two beat processes never start
-the same run twice. ``xaudit beat`` runs :func:`run_forever`; the same functions are
-Celery tasks (``xaudit.dispatch_schedules``, ``xaudit.reap_stale_audits``) for
-deployments that prefer ``celery beat``.
+Why one periodic dispatcher rather than Celery beat with a database scheduler: schedules
+are tenant data in the SQL database, created and deleted through the API at any time.
+Celery beat keeps its own in-memory copy of the schedule and assumes one beat process;
+a second one (a restarted container that overlaps the old one, two replicas) would start
+every run twice. Here the database row is the only state: each due schedule is claimed
+with a compare-and-set on ``next_run_at`` (:func:`claim_run`), so whichever process's
+UPDATE changes the row starts the run and every other process skips it, however many
+beat processes run.
+
+``xaudit beat`` runs :func:`run_forever`; the same functions are Celery tasks
+(``xaudit.dispatch_schedules``, ``xaudit.reap_stale_audits``) for deployments that
+prefer to trigger them from ``celery beat``: the claim keeps those duplicate-free too.
+
+Missed runs (the beat was down for a day) are not replayed: a run is due when
+``next_run_at`` has passed, and the claim moves it to the first cron time after *now*, so
+an outage costs at most one catch-up run per schedule rather than a flood.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from datetime import datetime, timedelta
 
 from flask import Flask
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from api import db, services
 
@@ -24,11 +36,73 @@ log = logging.getLogger("xaudit.beat")
 MAX_ATTEMPTS = 3
 
 
+def claim_run(session: Session, schedule_id: str, seen_next_run: datetime,
+              new_next_run: datetime, now: datetime) -> bool:
+    """Claim one run of a schedule: ``UPDATE ... WHERE next_run_at = <the value read>``.
+
+    Parameters
+    ----------
+    session
+        A session whose transaction is committed here.
+    schedule_id
+        The schedule.
+    seen_next_run
+        ``next_run_at`` as this process read it when it found the schedule due.
+    new_next_run
+        The next cron time after ``now``.
+    now
+        The dispatch time (recorded as ``last_run_at``).
+
+    Returns
+    -------
+    bool
+        True for exactly one of any number of processes that read the same
+        ``seen_next_run``: the database applies the UPDATEs one at a time, and after the
+        first one the row no longer matches the others' WHERE clause.
+    """
+    res = session.execute(
+        update(db.Schedule)
+        .where(db.Schedule.id == schedule_id, db.Schedule.next_run_at == seen_next_run,
+               db.Schedule.enabled.is_(True))
+        .values(next_run_at=new_next_run, last_run_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return res.rowcount == 1
+
+
+def previous_successful_audit(session: Session, schedule: db.Schedule) -> db.Audit | None:
+    """The schedule's most recently finished successful audit (drift is measured
+    against it; failed runs are skipped, so one bad night does not break the chain)."""
+    return session.scalars(
+        db.scoped(db.Audit, schedule.tenant_id)
+        .where(db.Audit.schedule_id == schedule.id, db.Audit.status == "succeeded")
+        .order_by(db.Audit.finished_at.desc(), db.Audit.created_at.desc()).limit(1)
+    ).first()
+
+
 def dispatch_due(app: Flask, now: datetime | None = None, limit: int = 100) -> list[str]:
-    """Start one audit for each schedule due at ``now``; return the new audit ids."""
+    """Start one audit for each schedule due at ``now``.
+
+    Parameters
+    ----------
+    app
+        The Flask app (database, blob store and Celery app).
+    now
+        The time to dispatch at (default: the current UTC time); tests pass a later time
+        instead of waiting for the cron.
+    limit
+        Most schedules handled in one call; the rest wait for the next round.
+
+    Returns
+    -------
+    list of str
+        The ids of the audits this call started (schedules claimed by another process,
+        or whose model or dataset is gone, start nothing here).
+    """
     from api.resources.schedules import next_run
 
-    now = now or db.utcnow()
+    now = db.as_utc(now) if now is not None else db.utcnow()
     started: list[str] = []
     with app.app_context():
         session = db.session()
@@ -38,15 +112,8 @@ def dispatch_due(app: Flask, now: datetime | None = None, limit: int = 100) -> l
             .order_by(db.Schedule.next_run_at).limit(limit)
         ).all()
         for sched in due:
-            claimed = session.execute(
-                update(db.Schedule)
-                .where(db.Schedule.id == sched.id,
-                       db.Schedule.next_run_at == sched.next_run_at)
-                .values(next_run_at=next_run(sched.cron, now), last_run_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            session.commit()
-            if claimed.rowcount != 1:
+            if not claim_run(session, sched.id, sched.next_run_at,
+                             next_run(sched.cron, now), now):
                 continue  # another beat process took this run
             audit_id = _start_scheduled(app, session, sched)
             if audit_id:
@@ -54,18 +121,16 @@ def dispatch_due(app: Flask, now: datetime | None = None, limit: int = 100) -> l
     return started
 
 
-def _start_scheduled(app: Flask, session, sched: db.Schedule) -> str | None:
+def _start_scheduled(app: Flask, session: Session, sched: db.Schedule) -> str | None:
+    """Create and enqueue the audit of one claimed run: the latest model version on the
+    latest dataset version, with the previous successful audit for drift."""
     model_row = services.latest(session, db.ModelRow, sched.tenant_id, sched.model_name)
     dataset_row = services.latest(session, db.DatasetRow, sched.tenant_id, sched.dataset_name)
     if model_row is None or dataset_row is None:
-        log.warning("schedule %s: no model %r or dataset %r yet; skipped this run",
+        log.warning("schedule %s: no model %r or dataset %r any more; skipped this run",
                     sched.id, sched.model_name, sched.dataset_name)
         return None
-    previous = session.scalars(
-        db.scoped(db.Audit, sched.tenant_id)
-        .where(db.Audit.schedule_id == sched.id, db.Audit.status == "succeeded")
-        .order_by(db.Audit.finished_at.desc()).limit(1)
-    ).first()
+    previous = previous_successful_audit(session, sched)
     audit = services.create_audit(session, sched.tenant_id, model_row, dataset_row,
                                   dict(sched.config or {}),
                                   previous_audit_id=previous.id if previous else None,

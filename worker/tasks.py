@@ -32,6 +32,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from api import db
 from explain.errors import XauditError
+from worker import webhooks  # noqa: F401 - registers xaudit.webhook with the app
 from worker.cache import ModelCache
 
 log = logging.getLogger("xaudit.worker")
@@ -202,10 +203,14 @@ def _release(audit_id: str) -> None:
 
 def _finish_failed(audit_id: str, code: str, message: str) -> None:
     with db.engine().begin() as conn:
-        conn.execute(update(db.Audit)
-                     .where(db.Audit.id == audit_id, db.Audit.status.in_(("running", "queued")))
-                     .values(status="failed", error_code=code, error=message[:4000],
-                             finished_at=db.utcnow()))
+        res = conn.execute(
+            update(db.Audit)
+            .where(db.Audit.id == audit_id, db.Audit.status.in_(("running", "queued")))
+            .values(status="failed", error_code=code, error=message[:4000],
+                    finished_at=db.utcnow()))
+    if res.rowcount == 1:
+        # Only the run that changed the row notifies, so one failure sends one webhook.
+        webhooks.notify(audit_id)
 
 
 class _Progress:
@@ -261,7 +266,12 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def load_previous(audit: db.Audit):
-    """The previous audit's result (for drift), rebuilt from its stored blobs."""
+    """The previous audit's result (for drift), rebuilt from its stored blobs.
+
+    None when there is no usable previous audit (none named, another tenant's, not
+    succeeded, or its blobs are gone): the audit then runs without drift rather than
+    failing, since drift is an addition to the report, not its purpose.
+    """
     from explain.result import AuditResult
 
     if not audit.previous_audit_id:
@@ -269,12 +279,28 @@ def load_previous(audit: db.Audit):
     prev = db.session().get(db.Audit, audit.previous_audit_id)
     if prev is None or prev.tenant_id != audit.tenant_id or prev.status != "succeeded":
         return None
-    report = json.loads(blobs().read_bytes(prev.report_json_key))
-    arrays: dict[str, np.ndarray] = {}
-    if prev.arrays_key:
-        with np.load(blobs().path(prev.arrays_key), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+    try:
+        report = json.loads(blobs().read_bytes(prev.report_json_key))
+        arrays: dict[str, np.ndarray] = {}
+        if prev.arrays_key:
+            with np.load(blobs().path(prev.arrays_key), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError) as exc:
+        log.warning("audit %s: previous audit %s is unreadable (%s); no drift this time",
+                    audit.id, prev.id, exc)
+        return None
     return AuditResult(report=report, arrays=arrays)
+
+
+def _name_previous(result, previous_audit_id: str | None) -> None:
+    """Put the previous audit's id in the drift section, so a reader can open it.
+
+    The pipeline names the previous audit by its title and content digest (it knows no
+    database ids); the service adds the id it can be fetched by.
+    """
+    drift = result.report.get("drift") if previous_audit_id else None
+    if isinstance(drift, dict):
+        drift["previous_audit"] = f"audit {previous_audit_id}: {drift.get('previous_audit')}"
 
 
 def _run_audit(task, audit_id: str) -> dict[str, Any]:
@@ -307,6 +333,8 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
             progress=progress, previous=previous,
             model_name=model_row.name, dataset_name=dataset_row.name,
         )
+        if previous is not None:
+            _name_previous(result, audit.previous_audit_id)
         progress("storing", 0.99)
         store = blobs()
         html_key = store.put_bytes(render_html(result).encode("utf-8"), ".html")
@@ -340,6 +368,7 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
     if res.rowcount == 0:
         log.info("audit %s was finished by another run; keeping its report", audit_id)
         return {"status": "superseded"}
+    webhooks.notify(audit_id)
     return {"status": "succeeded"}
 
 

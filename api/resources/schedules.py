@@ -1,34 +1,189 @@
 """``/api/v1/schedules``: recurring audits (a cron expression, a model name, a dataset
-name). The beat process (:mod:`worker.beat`) dispatches the due ones."""
+name). The beat process (:mod:`worker.beat`) dispatches the due ones.
+
+Each run audits the *latest* version of ``model_name`` on the *latest* version of
+``dataset_name`` and measures drift against the schedule's previous successful audit.
+Cron expressions have five fields (minute hour day-of-month month day-of-week) and are
+read in UTC.
+
+An optional webhook is POSTed when a run finishes (``webhook_on: completion``) or only
+when it has a critical finding or fails (``webhook_on: critical``). Each delivery is
+signed; see :mod:`worker.webhooks` for the headers and how to verify them. Operators can
+restrict the hosts webhooks may reach with ``XAUDIT_WEBHOOK_ALLOWED_HOSTS`` (a
+comma-separated list of host names; ``*.example.com`` allows the subdomains).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
-from apiflask import APIBlueprint
-from croniter import croniter
+from apiflask import APIBlueprint, Schema
+from apiflask.fields import Boolean, Dict, String
+from apiflask.validators import Length, OneOf
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+from flask import current_app
 
 from api import db
 from api.auth import auth, current_tenant_id
 from api.errors import abort
-from api.resources.audits import validate_config
-from api.schemas import ListQuery, ScheduleIn, ScheduleListOut, ScheduleOut
+from api.resources.audits import check_data_fits_model, validate_config
+from api.schemas import ListQuery, Name, ScheduleListOut
+from worker.webhooks import host_allowed
 
 bp = APIBlueprint("schedules", __name__, tag="Schedules")
 
+#: Characters a cron field may hold: numbers, names (jan, mon), ``*``, ``,``, ``-``, ``/``.
+#: croniter also accepts hashed (``H``) and random (``R``) fields and ``#``/``?``; they are
+#: refused so a schedule means the same thing to every reader.
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*,/\-]+$")
+_CRON_EXTENSIONS = re.compile(r"(^|[^a-z])[hr]([^a-z]|$)", re.IGNORECASE)
+#: A schedule must fire at least once in this long: "0 0 30 2 *" (February 30th) never does.
+MAX_GAP = timedelta(days=366 * 5)
+WEBHOOK_SCHEMES = ("http", "https")
+
+
+class ScheduleCreateIn(Schema):
+    cron = String(required=True, validate=Length(min=1, max=128),
+                  metadata={"description": "Five fields (minute hour day month weekday), "
+                                           "read in UTC, e.g. `0 3 * * *`."})
+    model_name = Name(required=True, metadata={"description": "An uploaded model's name."})
+    dataset_name = Name(required=True,
+                        metadata={"description": "An uploaded dataset's name."})
+    config = Dict(keys=String(), load_default=dict,
+                  metadata={"description": "The audit config, as for `POST /audits`."})
+    enabled = Boolean(load_default=True)
+    webhook_url = String(load_default=None, allow_none=True, validate=Length(min=1, max=2048),
+                         metadata={"description": "http(s) URL POSTed when a run finishes."})
+    webhook_on = String(load_default="completion", validate=OneOf(db.WEBHOOK_EVENTS),
+                        metadata={"description": "`completion`: every run; `critical`: "
+                                                 "runs with a critical finding, or failed."})
+
+
+class ScheduleOutSchema(Schema):
+    id = String()
+    cron = String()
+    model_name = String()
+    dataset_name = String()
+    config = Dict()
+    enabled = Boolean()
+    next_run_at = String()
+    last_run_at = String(allow_none=True)
+    created_at = String()
+    webhook_url = String(allow_none=True)
+    webhook_on = String(allow_none=True)
+
+
+class ScheduleCreatedOut(ScheduleOutSchema):
+    webhook_secret = String(
+        allow_none=True,
+        metadata={"description": "Signs the webhook deliveries. Shown only in this answer."})
+
 
 def next_run(cron: str, after: datetime) -> datetime:
-    return croniter(cron, after).get_next(datetime)
+    """The first cron time strictly after ``after`` (UTC)."""
+    return croniter(cron, db.as_utc(after)).get_next(datetime)
 
 
-def validate_cron(cron: str) -> str:
-    cron = " ".join(cron.split())
-    # Five fields only: seconds-level schedules would let one tenant flood the workers.
-    if len(cron.split(" ")) != 5 or not croniter.is_valid(cron):
+def validate_cron(cron: str, now: datetime | None = None) -> str:
+    """The expression with its whitespace normalised, or a 422 saying what is wrong.
+
+    Five fields only: a sixth (seconds) field would let one tenant start an audit every
+    second and flood the workers; once a minute is the finest a schedule can ask for.
+    """
+    cron = " ".join(str(cron).split())
+    fields = cron.split(" ")
+    if len(fields) != 5:
         abort(422, "bad_cron",
-              "cron must be a valid five-field expression (minute hour day month weekday)")
+              f"cron must have five fields (minute hour day month weekday), got "
+              f"{len(fields)}: seconds fields, @aliases and years are not accepted")
+    if not all(_CRON_FIELD.match(f) for f in fields) or _CRON_EXTENSIONS.search(cron):
+        abort(422, "bad_cron", "cron fields may hold numbers, month and weekday names, "
+                               "'*', ',', '-' and '/' only")
+    try:
+        valid = croniter.is_valid(cron)
+    except (CroniterBadCronError, ValueError, KeyError):
+        valid = False
+    if not valid:
+        abort(422, "bad_cron", f"{cron!r} is not a valid cron expression "
+                               "(minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-7)")
+    now = now or db.utcnow()
+    try:
+        first = next_run(cron, now)
+    except (CroniterBadDateError, CroniterBadCronError, ValueError):
+        abort(422, "bad_cron", f"{cron!r} never fires (a day that no month has?)")
+    if first - now > MAX_GAP:
+        abort(422, "bad_cron", f"{cron!r} fires less than once every five years")
     return cron
+
+
+def allowed_hosts() -> list[str]:
+    """``XAUDIT_WEBHOOK_ALLOWED_HOSTS`` as a list (empty: any host)."""
+    raw = current_app.config.get("WEBHOOK_ALLOWED_HOSTS") or []
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    return [str(h).strip().lower() for h in raw if str(h).strip()]
+
+
+def validate_webhook_url(url: str) -> str:
+    """An http(s) URL with a host (and an allowed one, when the operator set a list)."""
+    from urllib.parse import urlsplit
+
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        abort(422, "bad_webhook_url", "webhook_url is not a valid URL")
+    # Only http(s): file:, gopher:, ftp: and friends would turn the worker into a tool
+    # for reading or poking at things the tenant cannot reach.
+    if parts.scheme.lower() not in WEBHOOK_SCHEMES:
+        abort(422, "bad_webhook_url", "webhook_url must be an http:// or https:// URL")
+    if not host:
+        abort(422, "bad_webhook_url", "webhook_url has no host")
+    if parts.username or parts.password:
+        abort(422, "bad_webhook_url",
+              "webhook_url must not carry credentials; verify the signature instead")
+    if not host_allowed(host, allowed_hosts()):
+        abort(422, "webhook_host_not_allowed",
+              f"this server only sends webhooks to: {', '.join(allowed_hosts())}")
+    return url
+
+
+def validate_audit_config(config: dict) -> dict:
+    """The checks of ``POST /audits``, plus the pipeline's own config parser.
+
+    A one-off audit with a bad option fails once, visibly; a schedule would fail at every
+    run, possibly at night, so the whole config is checked when the schedule is created.
+    """
+    from explain.audit import AuditConfig
+
+    config = validate_config(config)
+    try:
+        AuditConfig.from_dict(config)
+    except (ValueError, TypeError) as exc:
+        abort(422, "bad_config", str(exc)[:500])
+    return config
+
+
+def _latest_or_404(model: type[db.Base], name: str, what: str):
+    from api import services
+
+    row = services.latest(db.session(), model, current_tenant_id(), name)
+    if row is None:
+        abort(404, f"{what}_not_found",
+              f"no {what} named {name!r}: upload one before scheduling its audits")
+    return row
+
+
+def get_schedule_or_404(schedule_id: str) -> db.Schedule:
+    row = db.get_owned(db.Schedule, schedule_id, current_tenant_id())
+    if row is None:
+        abort(404, "not_found", f"no schedule with id {schedule_id!r}")
+    return row
 
 
 def schedule_json(row: db.Schedule) -> dict[str, Any]:
@@ -42,29 +197,48 @@ def schedule_json(row: db.Schedule) -> dict[str, Any]:
         "next_run_at": db.iso(row.next_run_at),
         "last_run_at": db.iso(row.last_run_at),
         "created_at": db.iso(row.created_at),
+        "webhook_url": row.webhook_url,
+        "webhook_on": row.webhook_on if row.webhook_url else None,
     }
 
 
 @bp.post("/schedules")
 @bp.auth_required(auth)
-@bp.input(ScheduleIn, location="json")
-@bp.output(ScheduleOut, status_code=201)
+@bp.input(ScheduleCreateIn, location="json")
+@bp.output(ScheduleCreatedOut, status_code=201)
 @bp.doc(summary="Create a recurring audit",
-        description="At each cron time the latest version of `model_name` is audited on "
-                    "the latest version of `dataset_name`, with drift against the "
-                    "schedule's previous successful audit.",
-        responses={201: "created", 422: "invalid cron or config"})
+        description="At each cron time (five fields, UTC) the latest version of "
+                    "`model_name` is audited on the latest version of `dataset_name`, with "
+                    "drift against the schedule's previous successful audit. Both names "
+                    "must already exist. With `webhook_url`, each run (or each run with a "
+                    "critical finding) is POSTed there, signed with HMAC-SHA256: the "
+                    "`webhook_secret` in this answer is shown only once.",
+        responses={201: "created", 404: "no model or dataset with that name",
+                   422: "invalid cron, config or webhook URL, or data that does not fit "
+                        "the model"})
 def create_schedule(json_data):
     cron = validate_cron(json_data["cron"])
-    config = validate_config(json_data["config"])
+    config = validate_audit_config(json_data["config"])
+    webhook_url = json_data.get("webhook_url")
+    if webhook_url is not None:
+        webhook_url = validate_webhook_url(webhook_url)
+    model_row = _latest_or_404(db.ModelRow, json_data["model_name"], "model")
+    dataset_row = _latest_or_404(db.DatasetRow, json_data["dataset_name"], "dataset")
+    # The same check as POST /audits, on today's latest versions: a schedule that could
+    # never run is refused now rather than failing at every cron time.
+    check_data_fits_model(model_row, dataset_row)
+    secret = f"whsec_{secrets.token_hex(32)}" if webhook_url else None
     row = db.Schedule(tenant_id=current_tenant_id(), cron=cron,
                       model_name=json_data["model_name"],
                       dataset_name=json_data["dataset_name"], config=config,
-                      enabled=json_data["enabled"], next_run_at=next_run(cron, db.utcnow()))
+                      enabled=json_data["enabled"], next_run_at=next_run(cron, db.utcnow()),
+                      webhook_url=webhook_url,
+                      webhook_on=json_data["webhook_on"] if webhook_url else None,
+                      webhook_secret=secret)
     session = db.session()
     session.add(row)
     session.commit()
-    return schedule_json(row), 201
+    return {**schedule_json(row), "webhook_secret": secret}, 201
 
 
 @bp.get("/schedules")
@@ -80,13 +254,10 @@ def list_schedules(query_data):
 
 @bp.get("/schedules/<schedule_id>")
 @bp.auth_required(auth)
-@bp.output(ScheduleOut)
+@bp.output(ScheduleOutSchema)
 @bp.doc(summary="One schedule", responses={404: "not found"})
 def get_schedule(schedule_id: str):
-    row = db.get_owned(db.Schedule, schedule_id, current_tenant_id())
-    if row is None:
-        abort(404, "not_found", f"no schedule with id {schedule_id!r}")
-    return schedule_json(row)
+    return schedule_json(get_schedule_or_404(schedule_id))
 
 
 @bp.delete("/schedules/<schedule_id>")
@@ -95,9 +266,7 @@ def get_schedule(schedule_id: str):
 @bp.doc(summary="Delete a schedule (its past audits are kept)",
         responses={204: "deleted", 404: "not found"})
 def delete_schedule(schedule_id: str):
-    row = db.get_owned(db.Schedule, schedule_id, current_tenant_id())
-    if row is None:
-        abort(404, "not_found", f"no schedule with id {schedule_id!r}")
+    row = get_schedule_or_404(schedule_id)
     session = db.session()
     session.delete(row)
     session.commit()
