@@ -19,8 +19,10 @@ with these headers:
     ``sha256=<hex>``: HMAC-SHA256, keyed with the schedule's ``webhook_secret``, over
     ``<timestamp> + "." + <raw body bytes>``.
 ``X-Xaudit-Delivery``
-    The same for every attempt of one notification: receivers use it to drop repeats
-    (delivery is at least once).
+    The same for every attempt of one notification (the audit id): receivers use it to
+    drop repeats (delivery is at least once).
+``X-Xaudit-Event``
+    ``audit.completed``, ``audit.critical`` (a critical finding) or ``audit.failed``.
 
 To verify a delivery (see :func:`verify_signature`): recompute the HMAC over the
 timestamp header, a dot and the raw body exactly as received (before any JSON parsing),
@@ -194,7 +196,8 @@ def payload(audit: db.Audit, schedule: db.Schedule | None) -> dict[str, Any]:
         drift = {"ndcg": report["drift"].get("ndcg"),
                  "previous_audit_id": audit.previous_audit_id}
     return {
-        "event": "audit.critical" if critical else "audit.completed",
+        "event": ("audit.failed" if audit.status == "failed"
+                  else "audit.critical" if critical else "audit.completed"),
         "audit_id": audit.id,
         "status": audit.status,
         "schedule_id": audit.schedule_id,

@@ -247,7 +247,7 @@ class _Hooks:
     """A local webhook receiver: records every delivery; answers the first one 503 so
     the retry path runs."""
 
-    def __init__(self):
+    def __init__(self, fail_first: bool = True):
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.lock = threading.Lock()
         hooks = self
@@ -258,7 +258,7 @@ class _Hooks:
                 with hooks.lock:
                     hooks.received.append((dict(self.headers.items()), raw))
                     first = len(hooks.received) == 1
-                self.send_response(503 if first else 204)
+                self.send_response(503 if first and fail_first else 204)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -281,6 +281,42 @@ class _Hooks:
         with self.lock:
             return [(h, b) for h, b in self.received
                     if h.get("X-Xaudit-Delivery") == audit_id]
+
+
+def test_a_failed_run_sends_the_critical_webhook(tmp_path, mlp_file, data_file):  # noqa: F811
+    """In one process (tasks run eagerly): a run whose dataset file is now unreadable
+    fails, and a ``webhook_on: critical`` schedule is told, with a valid signature."""
+    import sqlalchemy as sa
+
+    from api import db
+    from worker.beat import dispatch_due
+    from worker.webhooks import verify_signature
+
+    app = make_app(tmp_path)
+    try:
+        client = app.test_client()
+        headers = bearer(new_key(app, "acme"))
+        upload(client, "models", mlp_file, "mlp", headers)
+        data = upload(client, "datasets", data_file, "rows", headers).json
+        with _Hooks(fail_first=False) as hooks:
+            s = _schedule(client, headers, webhook_url=hooks.url, webhook_on="critical")
+            with app.app_context():
+                key = db.session().scalar(sa.select(db.DatasetRow.blob_key)
+                                          .where(db.DatasetRow.id == data["id"]))
+                path = app.extensions["xaudit_blobs"].path(key)
+            path.chmod(0o600)
+            path.write_bytes(b"not a data file")
+            [audit_id] = dispatch_due(app, now=db.utcnow() + timedelta(minutes=11))
+            audit = client.get(f"/api/v1/audits/{audit_id}", headers=headers).json
+            assert audit["status"] == "failed", audit
+            [(hdrs, raw)] = hooks.for_audit(audit_id)
+            assert verify_signature(s["webhook_secret"], hdrs, raw)
+            hook = json.loads(raw)
+            assert hook["status"] == "failed" and hook["report_url"] is None
+            assert hook["error"]["code"] == audit["error"]["code"]
+            assert hook["schedule_id"] == s["id"] and hdrs["X-Xaudit-Event"] == "audit.failed"
+    finally:
+        _dispose(app)
 
 
 def _mlp_relying_on(feature: int, path: Path) -> Path:
