@@ -575,6 +575,9 @@ def _verdict(findings: list[dict[str, Any]]) -> dict[str, Any]:
                     else "No finding needs attention; see the notes below.")
     else:
         headline = findings[0]["message"]
+        alike = sum(1 for f in findings if f["code"] == findings[0]["code"])
+        if alike > 1:
+            headline += f" ({alike} findings of this kind in all.)"
     return {"level": level, "headline": headline, "top_findings": top}
 
 
@@ -690,6 +693,8 @@ def run_audit(
     cfg = config if isinstance(config, AuditConfig) else AuditConfig.from_dict(config)
     stages = _Stages(progress)
     model_path = Path(os.fspath(model_path))
+    # Read now, so a missing previous report fails before the expensive stages.
+    prev = _load_previous(previous)
 
     # ---- load the model (checked before Keras sees it)
     stages.start("load_model")
@@ -829,9 +834,13 @@ def run_audit(
 
     # ---- drift (before the findings: the drift rule reads it)
     stages.start("drift")
-    prev = _load_previous(previous)
     drift_arrays: dict[str, np.ndarray] = {}
-    if prev is not None:
+    prev_kind = None if prev is None else (prev.report.get("global_importance") or {}).get(
+        "kind")
+    if prev is not None and prev_kind != kind:
+        notes.append(f"drift skipped: the previous audit explained {prev_kind} inputs, this "
+                     f"one {kind} inputs")
+    elif prev is not None:
         report["drift"] = _drift(prev, global_importance)
         drift_arrays = {f"drift_class_maps.{m}": a for m, a in prev.class_maps().items()}
     stages.start("findings")

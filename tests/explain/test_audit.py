@@ -318,6 +318,15 @@ def test_hostile_model_is_refused_before_its_code_runs(tmp_path, tabular):
     assert not marker.exists()
 
 
+def test_missing_previous_audit_is_refused_before_any_work(tabular, tmp_path):
+    path, data = tabular
+    calls = []
+    with pytest.raises(FileNotFoundError, match="previous audit not found"):
+        run_audit(path, data, progress=lambda s, f: calls.append(s),
+                  previous=tmp_path / "gone.json")
+    assert calls == []
+
+
 def test_bad_config_is_refused_before_loading(tabular):
     path, data = tabular
     with pytest.raises(ValueError, match="unknown audit config key"):
