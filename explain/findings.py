@@ -39,6 +39,11 @@ class FindingThresholds:
         ... and that share is at least this many times its share of the image area ...
     shortcut_min_consistency
         ... and it is the top region for at least this share of those examples.
+        Measured on the ``shapes`` models (seeds 0-4, 24 examples, IG, Grad-CAM and SHAP):
+        on the watermarked models the planted corner is the best border window of every
+        class in every method, holding 0.20-0.51 of the mass (mostly above 0.30); on the
+        clean twins the best border window holds at most 0.23, with consistency below
+        0.5. The planted corner is named for 1-3 classes per seed, never a wrong one.
     shortcut_min_examples
         Classes with fewer explained examples than this are not judged on their own.
     shortcut_border_cells
