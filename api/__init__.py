@@ -82,6 +82,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     from api.resources import audits, datasets, explain, models, schedules, system
 
     app.register_blueprint(system.bp)
+    from api import web
+
+    app.register_blueprint(web.bp)
     for module in (models, datasets, audits, explain, schedules):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
     return app
