@@ -22,7 +22,10 @@ services:
 
 test: $(STAMP) services
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 --timeout 900 tests
+	# Unit and component tests in parallel; tests that start real worker processes
+	# against the shared Redis/PostgreSQL, or drive the browser, one at a time.
+	$(BIN)/python -m pytest -n 2 --timeout 900 -m "not integration and not browser" tests
+	$(BIN)/python -m pytest --timeout 1200 -m "integration or browser" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
