@@ -47,7 +47,11 @@ def defaults() -> dict[str, Any]:
         # Loaded models kept per worker process (LRU, keyed by the file's sha256).
         "MODEL_CACHE_SIZE": 4,
         # An audit whose heartbeat is older than this is considered abandoned.
+        # The same age makes the beat send a still-queued audit's message again (the
+        # broker may have lost it).
         "AUDIT_STALE_AFTER": 900,
+        # Audits started this many times by workers that died are failed (worker_lost).
+        "AUDIT_MAX_ATTEMPTS": 3,
         # The beat loop's period (seconds).
         "BEAT_INTERVAL": 15.0,
         # Content-Security-Policy of every HTML response: nothing from the network.

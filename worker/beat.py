@@ -25,7 +25,7 @@ import threading
 from datetime import datetime, timedelta
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api import db, services
@@ -141,22 +141,27 @@ def _start_scheduled(app: Flask, session: Session, sched: db.Schedule) -> str | 
 
 def reap_stale(app: Flask, now: datetime | None = None) -> list[str]:
     """Requeue running audits whose heartbeat stopped (their worker died); fail them after
-    :data:`MAX_ATTEMPTS`. Returns the ids touched."""
+    ``AUDIT_MAX_ATTEMPTS`` (default :data:`MAX_ATTEMPTS`). Send again the queued audits
+    that no worker claimed within ``AUDIT_STALE_AFTER``: their message may be gone (a
+    broker restarted without persistence), and the database, not the broker, says what
+    is still to do. Returns the ids touched."""
     now = now or db.utcnow()
     touched: list[str] = []
     with app.app_context():
         stale_before = now - timedelta(seconds=float(app.config["AUDIT_STALE_AFTER"]))
+        max_attempts = int(app.config.get("AUDIT_MAX_ATTEMPTS", MAX_ATTEMPTS))
         session = db.session()
         rows = session.scalars(
             select(db.Audit).where(db.Audit.status == "running",
                                    db.Audit.heartbeat_at < stale_before).limit(100)
         ).all()
         for audit in rows:
-            give_up = (audit.attempts or 0) >= MAX_ATTEMPTS
+            give_up = (audit.attempts or 0) >= max_attempts
             values = (
                 {"status": "failed", "error_code": "worker_lost", "finished_at": now,
                  "error": f"the worker running this audit stopped {audit.attempts} times"}
-                if give_up else {"status": "queued", "stage": "requeued"}
+                # heartbeat_at of a queued audit is when it was last sent (see below).
+                if give_up else {"status": "queued", "stage": "requeued", "heartbeat_at": now}
             )
             res = session.execute(
                 update(db.Audit).where(db.Audit.id == audit.id, db.Audit.status == "running",
@@ -166,10 +171,42 @@ def reap_stale(app: Flask, now: datetime | None = None) -> list[str]:
             if res.rowcount != 1:
                 continue
             touched.append(audit.id)
-            if not give_up:
-                session.refresh(audit)
-                services.enqueue_audit(app.extensions["celery"], session, audit)
+            if not give_up and not _send(app, audit.id):
+                return touched  # the broker is down: the queued sweep sends it later
+        waiting = session.scalars(
+            select(db.Audit).where(
+                db.Audit.status == "queued",
+                func.coalesce(db.Audit.heartbeat_at, db.Audit.created_at) < stale_before)
+            .order_by(db.Audit.created_at).limit(100)
+        ).all()
+        for audit in waiting:
+            res = session.execute(
+                update(db.Audit).where(db.Audit.id == audit.id, db.Audit.status == "queued",
+                                       _same(db.Audit.heartbeat_at, audit.heartbeat_at))
+                .values(heartbeat_at=now).execution_options(synchronize_session=False))
+            session.commit()
+            if res.rowcount != 1:
+                continue  # claimed, or sent by another beat process
+            if not _send(app, audit.id):
+                break
+            touched.append(audit.id)
     return touched
+
+
+def _same(column, value):
+    return column.is_(None) if value is None else column == value
+
+
+def _send(app: Flask, audit_id: str) -> bool:
+    """Send an audit's task again; a duplicate is harmless (the claim lets one run)."""
+    try:
+        app.extensions["celery"].tasks["xaudit.audit"].apply_async(
+            args=[audit_id], task_id=f"audit-{audit_id}")
+        return True
+    except Exception as exc:
+        log.warning("beat: could not send audit %s (%s); it stays queued and is sent "
+                    "again next round", audit_id, exc)
+        return False
 
 
 def run_forever(app: Flask, interval: float | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 import zipfile
 from datetime import timedelta
@@ -140,6 +141,9 @@ def _explain_job(job_id: str) -> dict[str, Any]:
         job.error = "internal error while computing attributions"
     job.finished_at = db.utcnow()
     session.commit()
+    from api.jobwait import notify_done
+
+    notify_done(current_app.config, job_id)
     return {"status": job.status}
 
 
@@ -251,6 +255,42 @@ class _Progress:
         return self.timings
 
 
+class _Heartbeat:
+    """Refreshes a claimed audit's heartbeat from a thread while it runs.
+
+    Progress reports come only between steps, and one step (SHAP on large images, say)
+    can outlast ``AUDIT_STALE_AFTER``; without this a live worker would look dead and
+    its audit be started again. Only the run that holds the claim (same attempt) beats.
+    """
+
+    def __init__(self, audit_id: str, attempt: int):
+        self.app = current_app._get_current_object()
+        self.audit_id, self.attempt = audit_id, attempt
+        stale = float(self.app.config["AUDIT_STALE_AFTER"])
+        self.every = min(60.0, max(0.5, stale / 4))
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"heartbeat-{audit_id}")
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                with self.app.app_context(), db.engine().begin() as conn:
+                    conn.execute(update(db.Audit).where(
+                        db.Audit.id == self.audit_id, db.Audit.status == "running",
+                        db.Audit.attempts == self.attempt).values(heartbeat_at=db.utcnow()))
+            except Exception:
+                log.warning("audit %s: heartbeat write failed", self.audit_id, exc_info=True)
+
+
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """Arrays as .npz bytes that depend only on the arrays (fixed zip timestamps), so a
     re-run stores the same blob."""
@@ -318,6 +358,12 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
     model_row = session.get(db.ModelRow, audit.model_id)
     dataset_row = session.get(db.DatasetRow, audit.dataset_id)
     progress = _Progress(audit_id)
+    with _Heartbeat(audit_id, int(audit.attempts or 1)):
+        return _run_claimed(audit_id, audit, model_row, dataset_row, progress)
+
+
+def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
+                 dataset_row: db.DatasetRow, progress: _Progress) -> dict[str, Any]:
     try:
         # Imported here so a missing or broken pipeline fails this audit cleanly instead
         # of leaving its row running.
