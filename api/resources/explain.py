@@ -8,16 +8,14 @@ seconds: 200 with the result, or 202 with the job URL to poll.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
 import numpy as np
 from apiflask import APIBlueprint
-from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import current_app, url_for
 
-from api import db
+from api import db, jobwait
 from api.auth import auth, current_tenant_id
 from api.errors import abort
 from api.resources.models import get_model_or_404
@@ -143,18 +141,23 @@ def explain(json_data):
     celery = current_app.extensions["celery"]
     try:
         # Through the task object (not send_task) so an eager test config runs it inline.
-        result = celery.tasks["xaudit.explain"].apply_async(args=[job.id],
-                                                            task_id=f"explain-{job.id}")
+        # No Celery result: the worker wakes this request through api.jobwait.
+        celery.tasks["xaudit.explain"].apply_async(args=[job.id], task_id=f"explain-{job.id}",
+                                                   ignore_result=True)
     except Exception as exc:
         log.error("could not enqueue explain job %s: %s", job.id, exc)
         job.status, job.error_code = "failed", "broker_unavailable"
         job.error = "the task queue is unavailable"
         session.commit()
         abort(503, "broker_unavailable", "the task queue is unavailable; try again later")
-    with contextlib.suppress(CeleryTimeout):
-        result.get(timeout=float(current_app.config["EXPLAIN_TIMEOUT"]), propagate=False,
-                   interval=0.05)
-    session.refresh(job)
+
+    def finished() -> bool:
+        session.commit()  # a new transaction sees the worker's commit (SQLite snapshots)
+        session.refresh(job)
+        return job.status in ("succeeded", "failed")
+
+    jobwait.wait_done(current_app.config, job.id,
+                      float(current_app.config["EXPLAIN_TIMEOUT"]), finished)
     body = job_json(job)
     if job.status == "succeeded":
         return body, 200
