@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -1014,7 +1015,25 @@ def _keras_load(path: Path, policy: IntakePolicy) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise ModelIntakeError(f"{path.name} does not hold a Keras model",
                                code="corrupt_file")
+    _make_name_traceable(model)
     return model
+
+
+_SCOPE_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*")
+
+
+def _make_name_traceable(model: keras.Model) -> None:
+    """Give the loaded model a name TensorFlow accepts as a graph scope.
+
+    Keras opens a name scope with the model's name when it is traced in a tf.function;
+    an uploaded name such as ``<img src=x>`` then fails every gradient method. The name
+    as uploaded is kept in ``model.xaudit_display_name`` for the spec and the report.
+    """
+    original = str(model.name)
+    model.xaudit_display_name = original
+    if not _SCOPE_NAME.fullmatch(original):
+        cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "_", original).lstrip("_.-") or "model"
+        model.name = cleaned[:64]
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -1285,7 +1304,7 @@ def _build_spec(model: keras.Model, *, fmt: str, sha256: str, file_size: int,
     candidates = _gradcam_layer_names(model)
     input_shape = inputs[0].shape if inputs else []
     return ModelSpec(
-        format=fmt, sha256=sha256, file_size=int(file_size), model_name=str(model.name),
+        format=fmt, sha256=sha256, file_size=int(file_size), model_name=str(getattr(model, "xaudit_display_name", model.name)),
         keras_version=keras_version, inputs=inputs, input_shape=input_shape,
         input_kind=_input_kind(input_shape), outputs=heads,
         task=heads[0].task if heads else "unknown",
