@@ -498,6 +498,11 @@ def _load_data(data: Any, seed: int) -> Any:
 def _performance(metrics: dict[str, Any]) -> dict[str, Any]:
     """evaluate_model's metrics in the layout of report.json."""
     perf = dict(metrics)
+    # The class names are the data set's (report["dataset"]); an empty notes list says
+    # nothing.
+    perf.pop("class_names", None)
+    if not perf.get("notes"):
+        perf.pop("notes", None)
     cm = perf.get("confusion_matrix")
     if isinstance(cm, dict):
         perf["confusion_matrix"] = cm["matrix"]
