@@ -318,7 +318,29 @@ def _deep(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, background: np.
         ) from None
     finally:
         tf_log.setLevel(level)
+        _undo_deep_explainer_patch()
     return np.concatenate(parts).reshape(x.shape)
+
+
+def _undo_deep_explainer_patch() -> None:
+    """Put back TensorFlow's gradient recorder if shap's DeepExplainer left its own.
+
+    DeepExplainer swaps TensorFlow's eager ``record_gradient`` for one that records
+    ``shap_<op>`` gradients and swaps it back only when the model call succeeds. After a
+    model it cannot handle, every later gradient in the process (Grad-CAM, IG, ...) then
+    fails with "gradient registry has no entry for: shap_...". No public API exposes the
+    recorder, so this reaches into the same TensorFlow modules shap patches.
+    """
+    try:
+        from tensorflow.python.eager import backprop, execute
+    except ImportError:  # pragma: no cover - a TensorFlow without these modules
+        return
+    original = getattr(backprop, "_record_gradient", None) or getattr(
+        backprop, "record_gradient", None)
+    current = getattr(execute, "record_gradient", None)
+    if original is not None and current is not original and \
+            getattr(current, "__module__", "").startswith("shap"):
+        execute.record_gradient = original
 
 
 ESTIMATORS = ("auto", "exact", "kernel", "permutation", "gradient", "deep")
