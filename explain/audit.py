@@ -8,6 +8,14 @@ findings → drift → :class:`~explain.result.AuditResult`.
     result.report["findings"]          # what a reviewer should worry about
     result.save("audit/")              # report.json + arrays.npz
 
+The pipeline is three functions that a service can run in different processes:
+:func:`prepare` (load, validate, evaluate, choose the examples, fix every method's
+options) makes a serialisable :class:`AuditPlan`; :func:`attribute_chunk` attributes one
+chunk of examples with one method (:meth:`AuditPlan.chunks` lists them; each chunk seeds
+itself, so chunks can run anywhere, in any order); :func:`assess` turns the plan and the
+chunks into the result. :func:`run_audit` runs all three in this process and gives the
+same result.
+
 Every stage reports to an optional ``progress(stage, fraction)`` callback, where
 ``fraction`` is the share of the whole audit done so far (0 → 1) and ``stage`` one of
 :data:`STAGES`. The audit is deterministic for a given ``seed`` (everything except the
@@ -64,11 +72,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
 import platform
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -82,11 +92,16 @@ from explain.errors import DataError
 from explain.result import AuditResult, to_jsonable
 
 __all__ = [
+    "CHUNK_ROWS",
     "DEFAULT_METHODS",
     "QUALITY_CHECKS",
     "STAGES",
     "AuditConfig",
+    "AuditPlan",
+    "assess",
+    "attribute_chunk",
     "choose_examples",
+    "prepare",
     "run_audit",
     "stage_span",
 ]
@@ -642,6 +657,112 @@ def _drift(previous: AuditResult, current: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the pipeline
 
 
+#: Examples per attribution chunk: the unit of work a worker takes from the `attributions`
+#: queue. The in-process pipeline cuts the same chunks, so a fanned-out audit and
+#: :func:`run_audit` compute the very same numbers for a seed.
+CHUNK_ROWS = 8
+
+#: Arrays of one attribution chunk (``values`` and ``targets`` always; the others for
+#: methods that report them).
+CHUNK_FIELDS = ("values", "targets", "scores", "baseline_scores", "completeness_gap")
+
+
+@dataclass
+class AuditPlan:
+    """Everything the attribution and assessment stages need, made by :func:`prepare`.
+
+    A plan holds no model and no callable: it is JSON (:attr:`meta`) plus named arrays,
+    so it can be written to a file (:meth:`to_bytes`, an ``.npz`` read with
+    ``allow_pickle=False``) and picked up by another process.
+
+    Attributes
+    ----------
+    meta
+        JSON: the config, the model's path and card, the data set section, performance,
+        the methods and their scalar options, notes, the reasons examples were chosen,
+        and the preparation stages' timings.
+    arrays
+        ``x``, ``y`` (every row), ``idx`` (the explained rows), ``pred_all``, ``proba``
+        (classifiers), ``global_rows`` (tables with a gradient method), and array
+        options as ``option.<method>.<name>`` (baselines, SHAP backgrounds).
+    """
+
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def config(self) -> AuditConfig:
+        return AuditConfig.from_dict(self.meta["config"])
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.meta["methods"])
+
+    @property
+    def n_examples(self) -> int:
+        return int(len(self.arrays["idx"]))
+
+    def options(self, method: str) -> dict[str, Any]:
+        """The options ``method`` runs with, arrays included."""
+        opts = dict(self.meta["options"][method])
+        prefix = f"option.{method}."
+        opts.update({k[len(prefix):]: v for k, v in self.arrays.items()
+                     if k.startswith(prefix)})
+        return opts
+
+    def chunks(self) -> list[tuple[str, int, int]]:
+        """``(method, start, stop)`` of every attribution chunk, in a fixed order."""
+        n = self.n_examples
+        return [(m, s, min(n, s + CHUNK_ROWS)) for m in self.methods
+                for s in range(0, n, CHUNK_ROWS)]
+
+    def to_bytes(self) -> bytes:
+        """The plan as ``.npz`` bytes that depend only on its content."""
+        payload = dict(self.arrays)
+        text = json.dumps(to_jsonable(self.meta), sort_keys=True, allow_nan=False)
+        payload["plan.json"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        return npz_bytes(payload)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AuditPlan:
+        arrays = npz_load(data)
+        meta = json.loads(arrays.pop("plan.json").tobytes().decode("utf-8"))
+        return cls(meta=meta, arrays=arrays)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Arrays as ``.npz`` bytes that depend only on the arrays (fixed zip timestamps and
+    member order), so the same content always makes the same content-addressed blob."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.save(member, np.asarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def npz_load(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of :func:`npz_bytes` output (never unpickling anything)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def _chunk_seed(seed: int, method: str, start: int) -> int:
+    """A seed of its own for each chunk, from the audit's seed, the method and the first
+    row: chunks then draw independent noise wherever and in whichever order they run."""
+    digest = hashlib.sha256(f"{int(seed)}:{method}:{int(start)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _load_model(model_path: str | os.PathLike) -> tuple[Any, Any]:
+    from explain.modelio import load_model_safely
+
+    return load_model_safely(Path(os.fspath(model_path)))
+
+
 def run_audit(
     model_path: str | os.PathLike,
     data: Any,
@@ -652,6 +773,9 @@ def run_audit(
     dataset_name: str | None = None,
 ) -> AuditResult:
     """Audit a Keras model on labelled data.
+
+    The same as :func:`prepare`, :func:`attribute_chunk` on every chunk of
+    :meth:`AuditPlan.chunks`, then :func:`assess`, in this process.
 
     Parameters
     ----------
@@ -688,22 +812,70 @@ def run_audit(
     ValueError, TypeError
         A bad config or an unsupported model (several inputs, a sequence model).
     """
+    stages = _Stages(progress)
+    # Read now, so a missing previous report fails before the expensive stages.
+    prev = _load_previous(previous)
+    plan, loaded = _prepare(model_path, data, config, stages, model_name, dataset_name,
+                            None)
+    stages.start("attributions")
+    chunks = {}
+    todo = plan.chunks()
+    for i, (m, start, stop) in enumerate(todo):
+        chunks[(m, start, stop)] = attribute_chunk(plan, m, start, stop, model=loaded)
+        stages.step((i + 1) / len(todo))
+    return _assess(plan, chunks, prev, loaded, stages)
+
+
+def prepare(
+    model_path: str | os.PathLike,
+    data: Any,
+    config: AuditConfig | Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+    model: tuple[Any, Any] | None = None,
+) -> AuditPlan:
+    """Load and validate the model and the data, evaluate, choose the examples and fix
+    every method's options: the stages up to the attributions.
+
+    Parameters
+    ----------
+    model_path, data, config, progress, model_name, dataset_name
+        As for :func:`run_audit` (``progress`` sees the stages up to ``select_examples``).
+    model
+        ``(model, spec)`` already loaded from ``model_path`` (a worker's cache); None loads
+        it with :func:`explain.modelio.load_model_safely`.
+
+    Returns
+    -------
+    AuditPlan
+        Serialisable; its :meth:`~AuditPlan.chunks` are the attribution work.
+
+    Raises
+    ------
+    explain.errors.ModelIntakeError, explain.errors.DataError, ValueError, TypeError
+        As for :func:`run_audit`.
+    """
+    stages = _Stages(progress)
+    plan, _ = _prepare(model_path, data, config, stages, model_name, dataset_name, model)
+    plan.meta["timings"] = {**plan.meta["timings"], **stages.finish()}
+    return plan
+
+
+def _prepare(model_path, data, config, stages: _Stages, model_name, dataset_name,
+             loaded) -> tuple[AuditPlan, tuple[Any, Any]]:
     from explain._backend import keras
     from explain.attributions.registry import method_info
     from explain.evaluation import evaluate_model, predict_proba
-    from explain.findings import FindingInputs, FindingThresholds, run_rules
-    from explain.modelio import load_model_safely
-    from reports.schema import validate_report
 
     cfg = config if isinstance(config, AuditConfig) else AuditConfig.from_dict(config)
-    stages = _Stages(progress)
     model_path = Path(os.fspath(model_path))
-    # Read now, so a missing previous report fails before the expensive stages.
-    prev = _load_previous(previous)
 
     # ---- load the model (checked before Keras sees it)
     stages.start("load_model")
-    model, spec = load_model_safely(model_path)
+    if loaded is None:
+        loaded = _load_model(model_path)
+    model, spec = loaded
     if spec.input_kind not in ("image", "tabular"):
         raise ValueError(f"xaudit audits image and tabular models; this model's input is "
                          f"{spec.input_kind} with shape {spec.input_shape}")
@@ -745,7 +917,6 @@ def run_audit(
     # ---- performance on every row
     stages.start("evaluate")
     raw = predict_proba(model, x, batch_size=cfg.batch_size)
-    task = spec.task
     class_names = dataset.class_names
     if not regression:
         width = 2 if raw.ndim == 1 or raw.shape[1] == 1 else raw.shape[1]
@@ -753,7 +924,7 @@ def run_audit(
             side = (sidecar or {}).get("class_names")
             class_names = ([str(c) for c in side] if isinstance(side, list)
                            and len(side) == width else [str(i) for i in range(width)])
-    metrics = evaluate_model(None, None, y, task, class_names, predictions=raw)
+    metrics = evaluate_model(None, None, y, spec.task, class_names, predictions=raw)
     performance = _performance(metrics)
     if regression:
         proba = None
@@ -764,30 +935,197 @@ def run_audit(
             proba = np.concatenate([1.0 - proba, proba], axis=1)
         pred_all = proba.argmax(axis=1)
 
-    # ---- which rows to explain
+    # ---- which rows to explain, and how (the draws keep this order: examples, method
+    # options, global rows, so one seed always makes the same plan)
     stages.start("select_examples")
     idx, reasons = choose_examples(raw if regression else proba, y, cfg.samples, rng,
                                    regression=regression)
-    xs = x[idx]
-    preds = pred_all[idx]
-    labels = y[idx]
+    options = {m: _method_options(m, cfg, kind, x, rng) for m in methods}
+    arrays: dict[str, np.ndarray] = {"x": x, "y": np.asarray(y), "idx": idx,
+                                     "pred_all": pred_all}
+    if proba is not None:
+        arrays["proba"] = proba
+    if kind == "tabular" and method_is_cheap(_global_method(methods)):
+        arrays["global_rows"] = np.sort(rng.choice(len(x), min(cfg.global_rows, len(x)),
+                                                   replace=False))
+    scalar_options: dict[str, dict[str, Any]] = {}
+    for m, opts in options.items():
+        scalar_options[m] = {}
+        for k, v in opts.items():
+            if isinstance(v, np.ndarray):
+                arrays[f"option.{m}.{k}"] = v
+            else:
+                scalar_options[m][k] = v
+    meta = {
+        "config": cfg.to_dict(),
+        "model_path": str(model_path),
+        "name": name,
+        "dataset_name": dataset_name or dataset.name,
+        "kind": kind,
+        "regression": regression,
+        "methods": methods,
+        "options": scalar_options,
+        "options_for_report": {m: _options_for_report(o) for m, o in options.items()},
+        "notes": notes,
+        "reasons": list(reasons),
+        "class_names": None if regression else list(class_names),
+        "feature_names": dataset.feature_names,
+        "model_card": _model_card(spec, name, sidecar),
+        "dataset": {
+            "name": dataset_name or dataset.name,
+            "sha256": dataset.sha256,
+            "rows": dataset.n,
+            "kind": kind,
+            "feature_names": dataset.feature_names if kind == "tabular" else None,
+            "class_names": None if regression else list(class_names),
+            "meta": to_jsonable({k: v for k, v in dataset.meta.items() if k != "per_row"}),
+        },
+        "performance": performance,
+        "timings": {},
+    }
+    return AuditPlan(meta=to_jsonable(meta), arrays=arrays), loaded
 
-    # ---- attributions
-    stages.start("attributions")
+
+def attribute_chunk(plan: AuditPlan, method: str, start: int, stop: int,
+                    model: tuple[Any, Any] | None = None) -> dict[str, np.ndarray]:
+    """Attribute the explained examples ``start:stop`` with ``method``.
+
+    Depends only on the plan, the method and the rows (each chunk seeds itself), so a
+    chunk gives the same arrays in any process, in any order, however often it runs.
+
+    Parameters
+    ----------
+    plan
+        From :func:`prepare`.
+    method
+        One of ``plan.methods``.
+    start, stop
+        Positions among the explained examples (as in :meth:`AuditPlan.chunks`).
+    model
+        ``(model, spec)`` of ``plan.meta["model_path"]``; None loads it.
+
+    Returns
+    -------
+    dict
+        The arrays of :data:`CHUNK_FIELDS` the method reports.
+    """
+    from explain._backend import keras
     from explain.attributions.registry import explain as attribute_full
 
-    options = {m: _method_options(m, cfg, kind, x, rng) for m in methods}
-    attributions = {}
-    for i, m in enumerate(methods):
-        attributions[m] = attribute_full(model, xs, m, **options[m])
-        stages.step((i + 1) / len(methods))
+    if method not in plan.methods:
+        raise ValueError(f"method {method!r} is not part of this audit ({plan.methods})")
+    n = plan.n_examples
+    if not 0 <= int(start) < int(stop) <= n:
+        raise ValueError(f"chunk {start}:{stop} is outside the {n} explained examples")
+    if model is None:
+        model = _load_model(plan.meta["model_path"])
+    cfg_seed = int(plan.meta["config"]["seed"])
+    opts = plan.options(method)
+    if "seed" in opts:
+        opts["seed"] = _chunk_seed(int(opts["seed"]), method, start)
+    keras.utils.set_random_seed(_chunk_seed(cfg_seed, method, start))
+    rows = plan.arrays["idx"][int(start):int(stop)]
+    a = attribute_full(model[0], plan.arrays["x"][rows], method, **opts)
+    out = {"values": np.asarray(a.values), "targets": np.asarray(a.targets)}
+    for key in CHUNK_FIELDS[2:]:
+        value = getattr(a, key)
+        if value is not None:
+            out[key] = np.asarray(value)
+    return out
+
+
+def _merge_chunks(plan: AuditPlan, chunks: Mapping[tuple[str, int, int],
+                                                   Mapping[str, np.ndarray]]) -> dict:
+    from explain.attributions.base import Attribution
+
+    expected = plan.chunks()
+    missing = [c for c in expected if tuple(c) not in chunks]
+    if missing:
+        raise ValueError(f"attribution chunks missing: {missing}")
+    out = {}
+    for m in plan.methods:
+        parts = [chunks[c] for c in expected if c[0] == m]
+
+        def joined(key: str, parts=parts) -> np.ndarray | None:
+            if any(key not in p for p in parts):
+                return None
+            return np.concatenate([np.asarray(p[key]) for p in parts], axis=0)
+
+        out[m] = Attribution(values=joined("values"), method=m, targets=joined("targets"),
+                             scores=joined("scores"),
+                             baseline_scores=joined("baseline_scores"),
+                             completeness_gap=joined("completeness_gap"),
+                             options=plan.options(m))
+    return out
+
+
+def assess(
+    plan: AuditPlan,
+    chunks: Mapping[tuple[str, int, int], Mapping[str, np.ndarray]],
+    previous: Any = None,
+    progress: Progress | None = None,
+    model: tuple[Any, Any] | None = None,
+    timings: Mapping[str, float] | None = None,
+) -> AuditResult:
+    """Global importance, explanation quality, drift, findings: the audit's result.
+
+    Parameters
+    ----------
+    plan
+        From :func:`prepare`.
+    chunks
+        ``{(method, start, stop): arrays}`` from :func:`attribute_chunk`, one for each of
+        :meth:`AuditPlan.chunks`.
+    previous
+        As for :func:`run_audit`.
+    progress
+        Sees the stages from ``global_importance`` on.
+    model
+        ``(model, spec)``; None loads it from ``plan.meta["model_path"]``.
+    timings
+        Stage timings measured elsewhere (the attribution chunks), added to the report's.
+
+    Returns
+    -------
+    AuditResult
+        The same as :func:`run_audit` returns for the plan's inputs.
+    """
+    prev = _load_previous(previous)
+    if model is None:
+        model = _load_model(plan.meta["model_path"])
+    stages = _Stages(progress)
+    stages.timings.update({k: float(v) for k, v in (timings or {}).items()})
+    return _assess(plan, chunks, prev, model, stages)
+
+
+def _assess(plan: AuditPlan, chunks, prev: AuditResult | None, loaded,
+            stages: _Stages) -> AuditResult:
+    from explain._backend import keras
+    from explain.findings import FindingInputs, FindingThresholds, run_rules
+    from reports.schema import validate_report
+
+    meta, arr = plan.meta, plan.arrays
+    cfg = plan.config
+    model = loaded[0]
+    kind, regression, methods = meta["kind"], bool(meta["regression"]), plan.methods
+    class_names = meta["class_names"]
+    notes = list(meta["notes"])
+    x, y, idx, pred_all = arr["x"], arr["y"], arr["idx"], arr["pred_all"]
+    proba = arr.get("proba")
+    xs, preds, labels = x[idx], pred_all[idx], y[idx]
+    options = {m: plan.options(m) for m in methods}
+    reasons = meta["reasons"]
+    attributions = _merge_chunks(plan, chunks)
     targets = attributions[methods[0]].targets
+    # The quality checks draw from Keras' generators too; seeding here makes them the
+    # same wherever this stage runs.
+    keras.utils.set_random_seed(cfg.seed)
 
     # ---- global importance
     stages.start("global_importance")
     global_importance, class_maps, maps = _global_importance(
         kind, methods, attributions, options, model, x, idx, pred_all, preds, class_names,
-        dataset.feature_names, regression, cfg, rng, attribute_full)
+        meta["feature_names"], regression, arr.get("global_rows"))
 
     # ---- explanation quality
     stages.start("quality")
@@ -799,19 +1137,11 @@ def run_audit(
     report: dict[str, Any] = {
         "schema_version": "1.0",
         "generated_at": "",
-        "title": f"Audit of {name} on {dataset_name or dataset.name}",
+        "title": f"Audit of {meta['name']} on {meta['dataset_name']}",
         "verdict": {"level": "pass", "headline": "-", "top_findings": []},
-        "model": _model_card(spec, name, sidecar),
-        "dataset": {
-            "name": dataset_name or dataset.name,
-            "sha256": dataset.sha256,
-            "rows": dataset.n,
-            "kind": kind,
-            "feature_names": dataset.feature_names if kind == "tabular" else None,
-            "class_names": None if regression else list(class_names),
-            "meta": to_jsonable({k: v for k, v in dataset.meta.items() if k != "per_row"}),
-        },
-        "performance": performance,
+        "model": meta["model_card"],
+        "dataset": meta["dataset"],
+        "performance": meta["performance"],
         "global_importance": global_importance,
         "examples": [],
         "explanation_quality": quality,
@@ -819,8 +1149,7 @@ def run_audit(
         "findings": [],
         "drift": None,
         "config": {**cfg.to_dict(), "methods": methods,
-                   "method_options": {m: _options_for_report(o) for m, o in options.items()},
-                   "notes": notes},
+                   "method_options": meta["options_for_report"], "notes": notes},
         "environment": _versions(cfg.seed),
         "timings": {},
     }
@@ -866,8 +1195,7 @@ def run_audit(
     arrays.update({f"class_maps.{m}": v for m, v in class_maps.items()})
     arrays.update(drift_arrays)
     report["generated_at"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    timings = stages.finish()
-    report["timings"] = timings
+    report["timings"] = {**meta.get("timings", {}), **stages.finish()}
     report = validate_report(report)
     return AuditResult(report=report, arrays=arrays)
 
@@ -884,8 +1212,9 @@ def _options_for_report(opts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _global_importance(kind, methods, attributions, options, model, x, idx, pred_all, preds,
-                       class_names, feature_names, regression, cfg, rng, attribute_full):
+                       class_names, feature_names, regression, global_rows):
     """The global importance section, the per-class maps and the per-example maps."""
+    from explain.attributions.registry import explain as attribute_full
     from explain.metrics import global_importance, region_importance
 
     maps: dict[str, np.ndarray] = {}
@@ -894,8 +1223,8 @@ def _global_importance(kind, methods, attributions, options, model, x, idx, pred
         for m, a in attributions.items():
             maps[m] = a.values.reshape(len(a.values), -1).astype(np.float32)
         method = _global_method(methods)
-        if method_is_cheap(method):
-            rows = np.sort(rng.choice(len(x), min(cfg.global_rows, len(x)), replace=False))
+        if global_rows is not None:
+            rows = global_rows
             values = attribute_full(model, x[rows], method, **options[method]).values
             groups = pred_all[rows]
         else:

@@ -417,3 +417,34 @@ def test_clean_table_gets_no_dominant_feature(tabular_audits, seed):
     report = tabular_audits[False, seed]
     assert "dominant_feature" not in {f["code"] for f in report["findings"]}
     assert report["global_importance"]["items"][0]["feature"] != LEAKY_FEATURE
+
+
+# --------------------------------------------------------------------------- stages split
+
+
+def test_plan_chunks_and_assess_in_any_order_equal_run_audit(tabular, tabular_result):
+    """The stages a service fans out over workers: the plan and the chunks go through
+    bytes (as blobs between processes), chunks run in reverse order, and the report is
+    the one run_audit makes for the seed."""
+    from explain.audit import AuditPlan, assess, attribute_chunk, npz_bytes, npz_load, prepare
+
+    path, data = tabular
+    plan = prepare(path, data, {"samples": 12, "seed": 3})
+    plan = AuditPlan.from_bytes(plan.to_bytes())
+    assert plan.to_bytes() == AuditPlan.from_bytes(plan.to_bytes()).to_bytes()
+    todo = plan.chunks()
+    assert len(todo) > len(plan.methods)  # 12 examples: more than one chunk per method
+    chunks = {}
+    for m, start, stop in reversed(todo):
+        arrays = attribute_chunk(plan, m, start, stop)
+        again = attribute_chunk(plan, m, start, stop)
+        assert npz_bytes(arrays) == npz_bytes(again)  # a re-run chunk makes the same blob
+        chunks[(m, start, stop)] = npz_load(npz_bytes(arrays))
+    result = assess(plan, chunks)
+    expected, _ = tabular_result
+    assert _strip_volatile(result.report) == _strip_volatile(expected.report)
+    assert set(result.arrays) == set(expected.arrays)
+    for name, value in expected.arrays.items():
+        np.testing.assert_array_equal(result.arrays[name], value)
+    with pytest.raises(ValueError, match="chunks missing"):
+        assess(plan, dict(list(chunks.items())[1:]))
