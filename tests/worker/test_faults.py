@@ -2,7 +2,7 @@
 queued, the API restarted, a worker that never comes back.
 
 Each test runs its own API server (``xaudit serve`` without the embedded worker), Celery
-worker and beat subprocesses on Redis DB 12 and a SQLite database in its own data folder.
+worker and beat subprocesses on Redis DB 14 and a SQLite database in its own data folder.
 The heartbeat staleness is a few seconds so the beat notices a dead worker quickly; the
 test reads the audit rows (attempts included) straight from the SQLite file.
 """
@@ -25,7 +25,7 @@ from tests.worker.conftest import BIN, base_env, create_key, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = "redis://127.0.0.1:6379/14"  # 11: other real-process tests, 12: API tests
 REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1",
                "--port", "6379", "--save", "", "--appendonly", "no",
                "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
@@ -63,7 +63,7 @@ def _start_redis() -> None:
 
 
 @pytest.fixture
-def redis12():
+def redis14():
     client = _redis_client()
     try:
         client.flushdb()
@@ -103,6 +103,7 @@ class Stack:
                             XAUDIT_BEAT_INTERVAL="1", **env)
         self.headers = {"Authorization": f"Bearer {create_key(self.data_dir, 'acme', self.env)}"}
         self.n_workers = 0
+        self.killed: set[int] = set()
 
     # processes
     def start_api(self):
@@ -135,9 +136,9 @@ class Stack:
         return self.procs.start("beat", [str(BIN / "xaudit"), "beat", "--interval", "1"],
                                 self.env)
 
-    @staticmethod
-    def kill(proc) -> None:
+    def kill(self, proc) -> None:
         """SIGKILL the process group: no shutdown handler runs, as when a machine dies."""
+        self.killed.add(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -175,6 +176,7 @@ class Stack:
     def wait_running(self, audit_id: str, attempt: int, timeout: float = 600) -> dict:
         """Until the given attempt is past loading the model (progress > 0)."""
         def mid_audit():
+            self.check_alive()
             r = self.row(audit_id)
             return r if (r["status"] == "running" and r["attempts"] == attempt
                          and r["stage"] != "loading" and r["progress"] > 0) else None
@@ -182,8 +184,15 @@ class Stack:
                         what=f"attempt {attempt} of the audit to be running\n"
                              f"{self.procs.logs()}")
 
+    def check_alive(self) -> None:
+        """Fail at once (with the logs) when a process exits that no test step killed."""
+        for proc, log in self.procs.procs:
+            if proc.pid not in self.killed and proc.poll() is not None:
+                pytest.fail(f"{log.stem} exited unexpectedly\n{self.procs.logs()}")
+
     def wait_done(self, audit_id: str, timeout: float = 900) -> dict:
         def done():
+            self.check_alive()
             a = self.get(f"/api/v1/audits/{audit_id}")
             return a if a["status"] in ("succeeded", "failed") else None
         return wait_for(done, timeout, step=0.5,
@@ -196,7 +205,7 @@ class Stack:
 # --------------------------------------------------------------------------- tests
 
 
-def test_worker_killed_mid_audit_is_finished_once_by_a_new_worker(tmp_path, procs, redis12,
+def test_worker_killed_mid_audit_is_finished_once_by_a_new_worker(tmp_path, procs, redis14,
                                                                    files):
     """SIGKILL during the attribution stage: the beat sees the heartbeat stop and requeues
     the audit; a new worker runs it to the end. One report, one success."""
@@ -233,7 +242,7 @@ def test_worker_killed_mid_audit_is_finished_once_by_a_new_worker(tmp_path, proc
 
 
 def test_redis_restart_loses_queued_messages_and_every_audit_still_finishes(
-        tmp_path, procs, redis12, files):
+        tmp_path, procs, redis14, files):
     """Redis here keeps nothing on disk, so a restart drops the queued messages. The
     database still says the audits are queued; the beat sends them again."""
     stack = Stack(tmp_path, procs)
@@ -264,7 +273,7 @@ def test_redis_restart_loses_queued_messages_and_every_audit_still_finishes(
     stack.wait_healthy(timeout=60)
 
 
-def test_api_restart_loses_nothing(tmp_path, procs, redis12, files):
+def test_api_restart_loses_nothing(tmp_path, procs, redis14, files):
     """Kill the API server hard and start it again on the same port and data folder:
     models, datasets and audits are all there, and an audit queued before the restart
     is finished by a worker started after it."""
@@ -295,7 +304,7 @@ def test_api_restart_loses_nothing(tmp_path, procs, redis12, files):
     assert stack.wait_done(later)["status"] == "succeeded"
 
 
-def test_audit_whose_workers_keep_dying_is_failed_with_a_reason(tmp_path, procs, redis12,
+def test_audit_whose_workers_keep_dying_is_failed_with_a_reason(tmp_path, procs, redis14,
                                                                  files):
     """The first dead worker gets the audit requeued (stage "requeued"); when the second
     one dies too (AUDIT_MAX_ATTEMPTS=2) the beat fails it as worker_lost instead of
