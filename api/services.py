@@ -135,8 +135,12 @@ def enqueue_audit(celery_app, session: Session, audit: db.Audit) -> bool:
     never sent; returns False then.
     """
     try:
+        # The audit's state lives in the database, never in Celery's result backend; not
+        # asking for a result also keeps the API's request threads off the backend's
+        # shared pub/sub connection, which is not thread-safe.
         celery_app.tasks["xaudit.audit"].apply_async(args=[audit.id],
-                                                     task_id=f"audit-{audit.id}")
+                                                     task_id=f"audit-{audit.id}",
+                                                     ignore_result=True)
         return True
     except Exception as exc:
         log.error("could not enqueue audit %s: %s", audit.id, exc)

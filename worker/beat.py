@@ -201,7 +201,7 @@ def _send(app: Flask, audit_id: str) -> bool:
     """Send an audit's task again; a duplicate is harmless (the claim lets one run)."""
     try:
         app.extensions["celery"].tasks["xaudit.audit"].apply_async(
-            args=[audit_id], task_id=f"audit-{audit_id}")
+            args=[audit_id], task_id=f"audit-{audit_id}", ignore_result=True)
         return True
     except Exception as exc:
         log.warning("beat: could not send audit %s (%s); it stays queued and is sent "
