@@ -52,6 +52,11 @@ def defaults() -> dict[str, Any]:
         "AUDIT_STALE_AFTER": 900,
         # Audits started this many times by workers that died are failed (worker_lost).
         "AUDIT_MAX_ATTEMPTS": 3,
+        # Fan an audit's attribution chunks out over the `attributions` workers (a Celery
+        # chord; needs Redis for results). Off: one worker runs the whole audit. Off by
+        # default until chunks that wait in the queue count as alive for the stale-audit
+        # sweeper (see worker/tasks.py).
+        "AUDIT_FANOUT": False,
         # The beat loop's period (seconds).
         "BEAT_INTERVAL": 15.0,
         # Content-Security-Policy of every HTML response: nothing from the network.

@@ -20,6 +20,10 @@ DEFAULT = "default"
 #: and, where there is one, a GPU: the `attributions` queue.
 ROUTES = {
     "xaudit.audit": {"queue": ATTRIBUTIONS},
+    "xaudit.audit_chunk": {"queue": ATTRIBUTIONS},
+    # Quality checks run the model many times: the assessment goes where models are.
+    "xaudit.audit_assess": {"queue": ATTRIBUTIONS},
+    "xaudit.audit_chunk_failed": {"queue": DEFAULT},
     "xaudit.explain": {"queue": ATTRIBUTIONS},
     "xaudit.dispatch_schedules": {"queue": DEFAULT},
     "xaudit.reap_stale_audits": {"queue": DEFAULT},
@@ -55,6 +59,10 @@ def celery_config(config: dict[str, Any]) -> dict[str, Any]:
         "task_annotations": {
             "xaudit.audit": {"soft_time_limit": int(config["AUDIT_SOFT_TIME_LIMIT"]),
                              "time_limit": hard_limit},
+            "xaudit.audit_chunk": {"soft_time_limit": int(config["AUDIT_SOFT_TIME_LIMIT"]),
+                                   "time_limit": hard_limit},
+            "xaudit.audit_assess": {"soft_time_limit": int(config["AUDIT_SOFT_TIME_LIMIT"]),
+                                    "time_limit": hard_limit},
             "xaudit.explain": {"soft_time_limit": int(config["EXPLAIN_SOFT_TIME_LIMIT"]),
                                "time_limit": int(config["EXPLAIN_TIME_LIMIT"])},
         },

@@ -5,10 +5,10 @@ Adding a task: decorate it with ``@shared_task(name="xaudit.<name>")``, add its 
 :data:`worker.app.ROUTES`, and use :func:`api.db.session` inside (tasks run in the Flask
 app context).
 
-Fan-out note: an audit runs as one task on the ``attributions`` queue, because
-:func:`explain.audit.run_audit` is one call; splitting its attribution stage into chunks
-across workers (a Celery group/chord) is a later step and would keep this task as the
-coordinator that owns the audit row.
+An audit runs as one task on the ``attributions`` queue (:func:`explain.audit.run_audit`
+in one process), or, with ``AUDIT_FANOUT`` on and Redis for results, as a chain whose
+attribution chunks are a chord over the ``attributions`` workers (see "fanned-out audits"
+below).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
 import time
 import zipfile
@@ -359,6 +360,8 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
     dataset_row = session.get(db.DatasetRow, audit.dataset_id)
     progress = _Progress(audit_id)
     with _Heartbeat(audit_id, int(audit.attempts or 1)):
+        if fanout_enabled():
+            return _start_fanout(audit_id, audit, model_row, dataset_row, progress)
         return _run_claimed(audit_id, audit, model_row, dataset_row, progress)
 
 
@@ -407,6 +410,245 @@ def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
     with db.engine().begin() as conn:
         res = conn.execute(
             update(db.Audit).where(db.Audit.id == audit_id, db.Audit.status == "running")
+            .values(status="succeeded", progress=1.0, stage="done", timings=timings,
+                    report_html_key=html_key, report_json_key=json_key,
+                    arrays_key=arrays_key, finished_at=db.utcnow(),
+                    heartbeat_at=db.utcnow()))
+    if res.rowcount == 0:
+        log.info("audit %s was finished by another run; keeping its report", audit_id)
+        return {"status": "superseded"}
+    webhooks.notify(audit_id)
+    return {"status": "succeeded"}
+
+
+# --------------------------------------------------------------------------- fanned-out audits
+#
+# With AUDIT_FANOUT (and Redis for results) an audit is a chain: xaudit.audit claims the
+# row and runs explain.audit.prepare, storing the plan as a content-addressed blob; a
+# chord of xaudit.audit_chunk tasks (one per method and chunk of examples, on the
+# `attributions` queue) each store their arrays as a content-addressed blob; its callback
+# xaudit.audit_assess assesses, renders and finishes the row with the same conditional
+# update as the single-task path. Messages carry ids and blob keys. Every task checks that
+# the row is still running under the attempt that sent it, so the work of an attempt the
+# stale sweeper has replaced stops at its next task and never writes a report.
+#
+# Known gap (why the fan-out is off by default): a chunk waiting in the queue behind other
+# work writes no heartbeat, so a busy worker pool can make a live fanned-out audit look
+# abandoned after AUDIT_STALE_AFTER; the sweeper then starts it again (a wasted attempt,
+# and after AUDIT_MAX_ATTEMPTS a worker_lost failure). Chunks need a liveness of their
+# own (leases of started chunks) before the fan-out can be the default.
+
+
+def fanout_enabled() -> bool:
+    """Whether audits fan out: asked for, and a result backend with native chords."""
+    cfg = current_app.config
+    backend = str(cfg.get("CELERY_RESULT_BACKEND") or "")
+    # The database result backend would finish a chord by polling (celery.chord_unlock
+    # re-queued every second) and the embedded mode runs one worker anyway: there the
+    # single-task path does the same work with fewer moving parts.
+    return bool(cfg.get("AUDIT_FANOUT")) and backend.startswith(("redis://", "rediss://"))
+
+
+def _holds(audit_id: str, attempt: int) -> bool:
+    """Whether the audit is still running under ``attempt`` (else a task of it stops)."""
+    session = db.session()
+    session.expire_all()  # another process may have changed the row since we last read it
+    audit = session.get(db.Audit, audit_id)
+    return audit is not None and audit.status == "running" and int(audit.attempts) == attempt
+
+
+def _guarded(audit_id: str, step: str, work):
+    """Run ``work()``; on failure finish the audit failed with a reason and return None."""
+    try:
+        return work()
+    except AuditSuperseded:
+        log.info("audit %s was taken over elsewhere; stopping", audit_id)
+    except SoftTimeLimitExceeded:
+        _finish_failed(audit_id, "time_limit", f"the audit exceeded its time limit ({step})")
+    except USER_ERRORS as exc:
+        _finish_failed(audit_id, getattr(exc, "code", None) or "invalid_input", str(exc))
+    except TRANSIENT:
+        raise
+    except Exception as exc:
+        log.exception("audit %s failed (%s)", audit_id, step)
+        _finish_failed(audit_id, "internal_error",
+                       f"internal error ({type(exc).__name__}) in {step}; see the worker log")
+    return None
+
+
+def _start_fanout(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
+                  dataset_row: db.DatasetRow, progress: _Progress) -> dict[str, Any]:
+    """Prepare the audit and send its chord of attribution chunks."""
+    from celery import chord
+
+    from explain.audit import prepare, stage_span
+
+    attempt = int(audit.attempts or 1)
+
+    def work():
+        from explain.datasets import load_data_file
+
+        progress("loading", 0.0)
+        data = load_data_file(blobs().path(dataset_row.blob_key), label=dataset_row.label)
+        plan = prepare(str(blobs().path(model_row.blob_key)), data,
+                       dict(audit.config or {}), progress=progress,
+                       model_name=model_row.name, dataset_name=dataset_row.name,
+                       model=load_model_row(model_row))
+        return plan, blobs().put_bytes(plan.to_bytes(), ".npz")
+
+    got = _guarded(audit_id, "prepare", work)
+    if got is None:
+        return {"status": "failed"}
+    plan, plan_key = got
+    chunks = plan.chunks()
+    try:
+        progress("attributions", stage_span("attributions")[0])
+    except AuditSuperseded:
+        return {"status": "superseded"}
+    # The chunks' timings are added by the callback; "total" there is the assessment's.
+    timings = {k: v for k, v in progress.finish().items() if k != "total"}
+    header = [audit_chunk.si(audit_id, attempt, plan_key, m, start, stop, len(chunks))
+              for m, start, stop in chunks]
+    body = audit_assess.s(audit_id, attempt, plan_key, timings).on_error(
+        audit_chunk_failed.si(audit_id, attempt))
+    chord(header)(body)
+    return {"status": "fanned_out", "chunks": len(chunks)}
+
+
+def _advance(audit_id: str, attempt: int, share: float) -> None:
+    """One more chunk done: move progress by its share of the attribution stage."""
+    from sqlalchemy import case
+
+    from explain.audit import stage_span
+
+    hi = stage_span("attributions")[1]
+    moved = db.Audit.progress + share
+    with db.engine().begin() as conn:
+        # A redelivered chunk may count twice; the cap keeps progress inside the stage.
+        conn.execute(update(db.Audit).where(db.Audit.id == audit_id,
+                                            db.Audit.status == "running",
+                                            db.Audit.attempts == attempt)
+                     .values(progress=case((moved > hi, hi), else_=moved),
+                             heartbeat_at=db.utcnow()))
+
+
+@shared_task(name="xaudit.audit_chunk", bind=True, max_retries=MAX_TRANSIENT_RETRIES)
+def audit_chunk(self, audit_id: str, attempt: int, plan_key: str, method: str, start: int,
+                stop: int, total: int) -> dict[str, Any]:
+    """Attribute examples ``start:stop`` of a prepared audit with ``method``.
+
+    Stores the arrays as a blob named by their content (a redelivered chunk stores the
+    same blob) and returns its key with where it ran. A failure fails the audit with the
+    chunk named, and is raised so the chord does not assess.
+    """
+    from explain.audit import AuditPlan, attribute_chunk, npz_bytes, stage_span
+
+    where = {"method": method, "start": int(start), "stop": int(stop),
+             "worker": self.request.hostname, "pid": os.getpid()}
+    if not _holds(audit_id, attempt):
+        return {**where, "skipped": True}
+    t0 = time.monotonic()
+    try:
+        _advance(audit_id, attempt, 0.0)  # alive from the start, not one beat period later
+        with _Heartbeat(audit_id, attempt):
+            plan = AuditPlan.from_bytes(blobs().read_bytes(plan_key))
+            audit = db.session().get(db.Audit, audit_id)
+            loaded = load_model_row(db.session().get(db.ModelRow, audit.model_id))
+            arrays = attribute_chunk(plan, method, int(start), int(stop), model=loaded)
+            key = blobs().put_bytes(npz_bytes(arrays), ".npz")
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            _finish_failed(audit_id, "transient_error",
+                           f"the database or broker kept failing: {type(exc).__name__}")
+            raise
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    except SoftTimeLimitExceeded:
+        _finish_failed(audit_id, "time_limit", f"attribution chunk {method} rows "
+                       f"{start}-{stop} exceeded the audit's time limit")
+        raise
+    except Exception as exc:
+        if isinstance(exc, USER_ERRORS):
+            why = str(exc)
+        else:
+            # Not the user's doing: the detail (paths, internals) stays in the worker log.
+            log.exception("audit %s: chunk %s %d:%d failed", audit_id, method, start, stop)
+            why = f"internal error ({type(exc).__name__}); see the worker log"
+        _finish_failed(audit_id, getattr(exc, "code", None) or "attribution_failed",
+                       f"attribution chunk {method} rows {start}-{stop} failed: {why}")
+        raise
+    lo, hi = stage_span("attributions")
+    _advance(audit_id, attempt, (hi - lo) / max(1, int(total)))
+    return {**where, "key": key, "seconds": round(time.monotonic() - t0, 3)}
+
+
+@shared_task(name="xaudit.audit_chunk_failed")
+def audit_chunk_failed(audit_id: str, attempt: int) -> None:
+    """The chord's error callback: a chunk (or the chord) failed without saying why."""
+    # A chunk that failed in its own code has already failed the row with its reason;
+    # this covers the rest (a chunk killed at its hard time limit, a lost result).
+    _finish_failed(audit_id, "attribution_failed",
+                   f"an attribution chunk of attempt {attempt} failed; see the worker log")
+
+
+@shared_task(name="xaudit.audit_assess", bind=True, max_retries=MAX_TRANSIENT_RETRIES)
+def audit_assess(self, results: list[dict[str, Any]], audit_id: str, attempt: int,
+                 plan_key: str, prepare_timings: dict[str, float]) -> dict[str, Any]:
+    """The chord's callback: assess the chunks, render, store and finish the audit."""
+    try:
+        return _audit_assess(results, audit_id, attempt, plan_key, prepare_timings)
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            _finish_failed(audit_id, "transient_error",
+                           f"the database or broker kept failing: {type(exc).__name__}")
+            return {"status": "failed"}
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+
+
+def _audit_assess(results, audit_id, attempt, plan_key, prepare_timings):
+    from explain.audit import AuditPlan, assess, npz_load
+
+    if not _holds(audit_id, attempt):
+        return {"status": "superseded"}
+    if any(r.get("skipped") for r in results):
+        # Chunks of this attempt never skip while it holds the row; a skip means the row
+        # changed hands meanwhile.
+        return {"status": "superseded"}
+    session = db.session()
+    audit = session.get(db.Audit, audit_id)
+    model_row = session.get(db.ModelRow, audit.model_id)
+    progress = _Progress(audit_id)
+    chunk_log = [{k: r[k] for k in ("method", "start", "stop", "worker", "pid", "seconds")}
+                 for r in results]
+
+    def work():
+        from reports import render_html, render_json
+
+        plan = AuditPlan.from_bytes(blobs().read_bytes(plan_key))
+        chunks = {(r["method"], int(r["start"]), int(r["stop"])):
+                  npz_load(blobs().read_bytes(r["key"])) for r in results}
+        previous = load_previous(audit)
+        result = assess(plan, chunks, previous=previous, progress=progress,
+                        model=load_model_row(model_row),
+                        timings={"attributions": round(sum(r["seconds"] for r in results),
+                                                       3)})
+        if previous is not None:
+            _name_previous(result, audit.previous_audit_id)
+        progress("storing", 0.99)
+        store = blobs()
+        return (store.put_bytes(render_html(result).encode("utf-8"), ".html"),
+                store.put_bytes(render_json(result).encode("utf-8"), ".json"),
+                store.put_bytes(npz_bytes(result.arrays), ".npz") if result.arrays else None)
+
+    with _Heartbeat(audit_id, attempt):
+        keys = _guarded(audit_id, "assess", work)
+    if keys is None:
+        return {"status": "failed"}
+    html_key, json_key, arrays_key = keys
+    timings = {**prepare_timings, **progress.finish(), "attribution_chunks": chunk_log}
+    with db.engine().begin() as conn:
+        res = conn.execute(
+            update(db.Audit).where(db.Audit.id == audit_id, db.Audit.status == "running",
+                                   db.Audit.attempts == attempt)
             .values(status="succeeded", progress=1.0, stage="done", timings=timings,
                     report_html_key=html_key, report_json_key=json_key,
                     arrays_key=arrays_key, finished_at=db.utcnow(),
