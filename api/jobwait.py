@@ -79,3 +79,26 @@ def wait_done(config: Mapping[str, Any], job_id: str, timeout: float,
             return False
         time.sleep(min(interval, left))
         interval = min(0.1, interval * 1.5)
+
+
+RESEND_KEY = "xaudit:explain-resent:{}"
+
+
+def claim_resend(config: Mapping[str, Any], job_id: str, every: float) -> bool:
+    """True at most once per ``every`` seconds per job, across all API processes.
+
+    A Redis broker keeps nothing on disk here, so a restart loses queued explain messages;
+    the job row then stays queued. Polling the job re-sends its task, throttled through a
+    Redis key so many polling clients do not flood the queue (a duplicate message is
+    harmless: the worker skips finished jobs). Without Redis the broker is durable and
+    nothing is re-sent.
+    """
+    url = redis_url(config)
+    if url is None:
+        return False
+    try:
+        return bool(_client(url).set(RESEND_KEY.format(job_id), 1, nx=True,
+                                     ex=max(int(every), 1)))
+    except Exception:
+        log.warning("could not throttle the re-send of explain job %s", job_id, exc_info=True)
+        return False

@@ -176,4 +176,24 @@ def get_job(job_id: str):
     job = db.get_owned(db.ExplainJob, job_id, current_tenant_id())
     if job is None:
         abort(404, "not_found", f"no explain job with id {job_id!r}")
+    _resend_if_lost(job)
     return job_json(job)
+
+
+def _resend_if_lost(job: db.ExplainJob) -> None:
+    """Send a long-queued job's task again, in case the broker lost its message."""
+    if job.status != "queued" or job.created_at is None:
+        return
+    after = 2 * float(current_app.config["EXPLAIN_TIMEOUT"])
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(
+        tzinfo=db.utcnow().tzinfo)
+    if (db.utcnow() - created).total_seconds() < after:
+        return
+    if not jobwait.claim_resend(current_app.config, job.id, after):
+        return
+    try:
+        current_app.extensions["celery"].tasks["xaudit.explain"].apply_async(
+            args=[job.id], task_id=f"explain-{job.id}", ignore_result=True)
+        log.info("re-sent explain job %s, queued for over %.0f s", job.id, after)
+    except Exception as exc:
+        log.warning("could not re-send explain job %s: %s", job.id, exc)
