@@ -56,11 +56,7 @@ def test_two_workers_share_the_chunks_and_the_report_equals_run_audit(tmp_path, 
     base = f"http://127.0.0.1:{port}"
     env = base_env(data_dir, XAUDIT_REDIS_URL=redis_db, XAUDIT_AUDIT_FANOUT="true")
     key = create_key(data_dir, "acme", env)
-    workers = [procs.start(f"worker{i}", [
-        str(BIN / "celery"), "-A", "worker.celery_app", "worker",
-        "-Q", "attributions,default", "--pool", "solo", "-c", "1", "-n", f"fan{i}@%h",
-        "--without-gossip", "--without-mingle", "--loglevel", "INFO"], env)
-        for i in (1, 2)]
+    workers = [_worker(procs, env, f"fan{i}") for i in (1, 2)]
     procs.start("api", [str(BIN / "xaudit"), "serve", "--port", str(port),
                         "--no-embedded-worker", "--no-beat"], env)
     wait_healthy(base, procs)
@@ -111,6 +107,87 @@ def test_two_workers_share_the_chunks_and_the_report_equals_run_audit(tmp_path, 
                          load_data_file(blob / data_key[:2] / data_key, label=label),
                          CONFIG, model_name="mlp", dataset_name="rows")
     assert _volatile_free(report) == _volatile_free(expected.report)
+
+
+def _row(data_dir, audit_id: str) -> dict:
+    with contextlib.closing(sqlite3.connect(data_dir / "xaudit.sqlite", timeout=30)) as conn:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT status, progress, stage, attempts FROM audits "
+                                 "WHERE id = ?", (audit_id,)).fetchone())
+
+
+def _worker(procs, env, name):
+    return procs.start(name, [
+        str(BIN / "celery"), "-A", "worker.celery_app", "worker",
+        "-Q", "attributions,default", "--pool", "solo", "-c", "1", "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO"], env)
+
+
+def test_worker_killed_during_the_chunks_gets_the_whole_chord_run_again_once(
+        tmp_path, procs, redis_db, files):
+    """SIGKILL while chunks run: the beat sees the heartbeat stop and requeues the audit;
+    a new worker prepares it again and runs a new chord. Chunks left from the dead attempt
+    do nothing; one report, one success."""
+    import os
+    import signal
+    import time
+
+    from explain.audit import stage_span
+
+    data_dir = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stale_after = 4
+    env = base_env(data_dir, XAUDIT_REDIS_URL=redis_db, XAUDIT_AUDIT_FANOUT="true",
+                   XAUDIT_AUDIT_STALE_AFTER=str(stale_after), XAUDIT_BEAT_INTERVAL="1")
+    key = create_key(data_dir, "acme", env)
+    first = _worker(procs, env, "doomed")
+    procs.start("api", [str(BIN / "xaudit"), "serve", "--port", str(port),
+                        "--no-embedded-worker", "--no-beat"], env)
+    procs.start("beat", [str(BIN / "xaudit"), "beat", "--interval", "1"], env)
+    wait_healthy(base, procs)
+    headers = {"Authorization": f"Bearer {key}"}
+    model = _upload(base, headers, "models", files / "mlp.keras", "mlp")
+    data = _upload(base, headers, "datasets", files / "rows.npz", "rows")
+    config = {**CONFIG, "shap_samples": 8192}  # chunks of seconds: time to be killed in
+    r = requests.post(f"{base}/api/v1/audits", headers=headers, timeout=120,
+                      json={"model_id": model["id"], "dataset_id": data["id"],
+                            "config": config})
+    assert r.status_code == 202, r.text
+    audit_id = r.json()["id"]
+
+    lo = stage_span("attributions")[0]
+
+    def some_chunks_done():
+        row = _row(data_dir, audit_id)
+        return (row["status"] == "running" and row["stage"] == "attributions"
+                and row["progress"] > lo + 1e-6 and row)
+    wait_for(some_chunks_done, 600, step=0.1, what=f"chunks to run\n{procs.logs()}")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert _row(data_dir, audit_id)["status"] == "running"  # nobody has noticed yet
+
+    _worker(procs, env, "heir")
+
+    def finished():
+        a = requests.get(f"{base}/api/v1/audits/{audit_id}", headers=headers,
+                         timeout=10).json()
+        return a if a["status"] in ("succeeded", "failed") else None
+    audit = wait_for(finished, 900, step=0.5, what=f"the audit\n{procs.logs()}")
+    assert audit["status"] == "succeeded", (audit, procs.logs())
+    assert _row(data_dir, audit_id)["attempts"] == 2
+    assert {c["worker"].split("@")[0] for c in audit["timings"]["attribution_chunks"]} == \
+        {"heir"}
+    assert len(list((data_dir / "blobs").glob("??/*.html"))) == 1
+
+    # Several beat rounds later nothing has run it again.
+    time.sleep(3 * stale_after)
+    again = requests.get(f"{base}/api/v1/audits/{audit_id}", headers=headers,
+                         timeout=10).json()
+    assert again["finished_at"] == audit["finished_at"]
+    assert _row(data_dir, audit_id)["attempts"] == 2
+    assert len(list((data_dir / "blobs").glob("??/*.html"))) == 1
 
 
 # --------------------------------------------------------------------------- one chunk, no broker
