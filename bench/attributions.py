@@ -18,7 +18,7 @@ breast-cancer data:
    each in a fresh subprocess.
 
 Every timing excludes tracing (one warm-up call first) and is the median of ``--repeats``
-runs. Run: ``python bench/attributions.py [--quick] [--markdown PATH]``.
+runs. Run: ``python bench/attributions.py [--quick] [--only ig,cam,...] [--markdown PATH]``.
 """
 
 from __future__ import annotations
@@ -274,7 +274,8 @@ def bench_shap(mlp: keras.Model, data: np.ndarray, cfg: Settings) -> dict:
     t = median_time(lambda: explain(mlp, x, "shap", target=target, background=bg,
                                     batch_size=bs), cfg.repeats)
     rows.append((f"xaudit shap (default: {res.extra['estimator']}, "
-                 f"{res.extra['samples']} coalitions)", t, *score(res.values)))
+                 f"{res.extra['model_rows'] // len(x)} forward passes per row)", t,
+                 *score(res.values)))
     ke = shap.KernelExplainer(f, bg)
     t = median_time(lambda: ke.shap_values(x, silent=True), cfg.repeats)
     rows.append(("shap KernelExplainer (default nsamples)", t,
@@ -428,8 +429,22 @@ def render(cfg: Settings, info: list[str], ig, cam, shp, rules, mem, model_notes
           f"- timings: median of {cfg.repeats} run(s) after one warm-up (tracing) call"
           + (" — QUICK smoke run, sizes reduced" if cfg.quick else ""), ""]
 
-    md += ["### Integrated Gradients (Gauss-Legendre, "
-           f"{cfg.steps} steps) vs tf-explain vs plain forward+backward", ""]
+    if ig is not None:
+        md += _render_ig(cfg, ig)
+    if cam is not None:
+        md += _render_cam(cam)
+    if shp is not None:
+        md += _render_shap(shp)
+    if rules is not None:
+        md += _render_rules(rules, ig or [])
+    if mem is not None:
+        md += _render_mem(cfg, mem)
+    return "\n".join(md)
+
+
+def _render_ig(cfg: Settings, ig: list[dict]) -> list[str]:
+    md = ["### Integrated Gradients (Gauss-Legendre, "
+          f"{cfg.steps} steps) vs tf-explain vs plain forward+backward", ""]
     md += table(
         ["model", "rows (N x steps)", "batch", "plain F+B s", "xaudit IG s", "tf-explain IG s",
          "xaudit / plain", "tf-explain / xaudit"],
@@ -439,8 +454,11 @@ def render(cfg: Settings, info: list[str], ig, cam, shp, rules, mem, model_notes
     md += ["", "Targets: xaudit / plain <= 1.15x: "
            + verdicts(ig, lambda r: r["ours/plain"] <= 1.15) + "; tf-explain / xaudit >= 5x: "
            + verdicts(ig, lambda r: r["tfx/ours"] >= 5) + ".", ""]
+    return md
 
-    md += ["### Grad-CAM vs tf-explain GradCAM vs one forward+backward", ""]
+
+def _render_cam(cam: list[dict]) -> list[str]:
+    md = ["### Grad-CAM vs tf-explain GradCAM vs one forward+backward", ""]
     md += table(
         ["model", "images", "batch", "layer", "plain F+B s", "xaudit s", "tf-explain core s",
          "tf-explain explain() s", "xaudit / plain", "tf-explain core / xaudit"],
@@ -449,8 +467,11 @@ def render(cfg: Settings, info: list[str], ig, cam, shp, rules, mem, model_notes
           f"{r['ours/plain']:.2f}x", f"{r['tfx/ours']:.2f}x"] for r in cam])
     md += ["", "Target xaudit / plain <= 1.3x: "
            + verdicts(cam, lambda r: r["ours/plain"] <= 1.3) + ".", ""]
+    return md
 
-    md += [f"### Model-agnostic SHAP, MLP with 16 features, {shp['n']} rows, "
+
+def _render_shap(shp: dict) -> list[str]:
+    md = [f"### Model-agnostic SHAP, MLP with 16 features, {shp['n']} rows, "
            f"{shp['background']} background rows", "",
            f"Reference: shap.ExactExplainer ({shp['exact_time']:.1f} s); spread of the exact "
            f"values {shp['range']:.3f}.", ""]
@@ -467,8 +488,11 @@ def render(cfg: Settings, info: list[str], ig, cam, shp, rules, mem, model_notes
            f"KernelExplainer on model.predict ({docs[1] / ours[1]:.0f}x). Every xaudit and "
            "shap estimator above except the model.predict row calls the model through the "
            "same compiled function in batches of 4096 rows.", ""]
+    return md
 
-    md += ["### Steps for a relative completeness gap < 1% on every row (logits)", ""]
+
+def _render_rules(rules: list[dict], ig: list[dict]) -> list[str]:
+    md = ["### Steps for a relative completeness gap < 1% on every row (logits)", ""]
     names = [*RULES, "tf-explain's rule"]
     rows = []
     for r in rules:
@@ -502,8 +526,11 @@ def render(cfg: Settings, info: list[str], ig, cam, shp, rules, mem, model_notes
                       f"xaudit ({per_step[r['model']]:.2f}x) that is ~"
                       f"{tx / gl * per_step[r['model']]:.1f}x xaudit's time for a < 1% gap.")
     md.append("")
+    return md
 
-    md += [f"### Peak memory of IG, large CNN at {cfg.mem_size}x{cfg.mem_size}, "
+
+def _render_mem(cfg: Settings, mem: list[dict]) -> list[str]:
+    md = [f"### Peak memory of IG, large CNN at {cfg.mem_size}x{cfg.mem_size}, "
            f"{cfg.steps} steps (fresh process each, RSS)", ""]
     md += table(["images", "batch_size", "rows (N x steps)", "RSS before MiB",
                  "peak RSS growth MiB", "time s"],
@@ -517,13 +544,16 @@ def render(cfg: Settings, info: list[str], ig, cam, shp, rules, mem, model_notes
            f"{b['delta_mib']:.0f} MiB). At ~{per_row:.1f} MiB per row of batch, one pass over "
            f"all {b['rows']} rows (tf-explain's way) would need ~{per_row * b['rows'] / 1024:.1f}"
            " GiB.", ""]
-    return "\n".join(md)
+    return md
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", default=None, metavar="SECTIONS",
+                        help="comma-separated sections to run (ig, cam, shap, rules, mem); "
+                             "default all")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the tables as markdown to this file")
     parser.add_argument("--memory-child", nargs=5, metavar=("SIZE", "ALPHA", "N", "STEPS",
@@ -534,6 +564,10 @@ def main() -> None:
         memory_child(int(size), float(alpha), int(n), int(steps), int(bs))
         return
 
+    all_sections = ("ig", "cam", "shap", "rules", "mem")
+    only = all_sections if args.only is None else tuple(args.only.split(","))
+    if unknown := sorted(set(only) - set(all_sections)):
+        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(all_sections)}")
     warnings.filterwarnings("ignore")
     cfg = settings(args.quick, args.repeats)
     t_start = time.perf_counter()
@@ -557,12 +591,14 @@ def main() -> None:
         f"large_cnn: keras.applications.MobileNetV2(weights=None, alpha={cfg.large_alpha}) on "
         f"{cfg.large_size}x{cfg.large_size}x3, functional, random weights, random images",
     ]
-    sections = {}
+    sections = dict.fromkeys(all_sections)
     for key, fn in [("ig", lambda: bench_ig(models, cfg)),
                     ("cam", lambda: bench_cam(models, cfg)),
                     ("shap", lambda: bench_shap(mlp, tab, cfg)),
                     ("rules", lambda: bench_rules(models, cfg)),
                     ("mem", lambda: bench_memory(cfg))]:
+        if key not in only:
+            continue
         t0 = time.perf_counter()
         sections[key] = fn()
         print(f"[{key} done in {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +148,7 @@ class ModelFunction:
         self.n_heads = n_heads
         self.logits = bool(logits)
         self._twin: tuple[keras.layers.Layer, keras.layers.Layer] | None = None
+        self._known: tuple[np.ndarray, np.ndarray] | None = None
         layer = _output_layer(model, self.output_index)
         self.final_activation = _activation_name(layer)
         self._forward = self._build_forward(model, layer) if self.logits else None
@@ -238,8 +240,29 @@ class ModelFunction:
     def target_scores(self, x: np.ndarray, targets: np.ndarray,
                       batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """``f(x)[i, targets[i]]`` as float32 ``(N,)``."""
-        out = self.predict(x, batch_size)
+        out = self.known_predictions(x)
+        if out is None:
+            out = self.predict(x, batch_size)
         return out[np.arange(len(x)), targets].astype(np.float32)
+
+    @contextmanager
+    def predictions_known(self, x: np.ndarray, predictions: np.ndarray | None):
+        """Within the block, ``f(x)`` for this very array is ``predictions`` (no new pass).
+
+        :func:`explain` computes ``f(x)`` once to find the predicted classes and lends it
+        to the method for its scores; the loan ends with the block, so no array outlives
+        the call and a later, possibly modified, array is never matched.
+        """
+        self._known = None if predictions is None else (x, predictions)
+        try:
+            yield
+        finally:
+            self._known = None
+
+    def known_predictions(self, x: np.ndarray) -> np.ndarray | None:
+        """``f(x)`` if it was lent for this very array object, else None."""
+        known = self._known
+        return known[1] if known is not None and known[0] is x else None
 
 
 # Tracing a model's graph costs far more than running a batch through it (seconds for a
@@ -298,12 +321,21 @@ def resolve_targets(
     ``None`` means the predicted class for classification heads with more than one unit,
     and output 0 otherwise (regression, or a single sigmoid unit).
     """
+    return resolve_targets_with_predictions(mf, x, target, batch_size)[0]
+
+
+def resolve_targets_with_predictions(
+    mf: ModelFunction, x: np.ndarray, target: Any, batch_size: int = DEFAULT_BATCH_SIZE
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`resolve_targets`, plus ``f(x)`` ``(N, K)`` when finding the targets needed it
+    (the predicted class), else None."""
     n = len(x)
     k = mf.n_outputs
     if target is None:
         if mf.task == "classification" and k > 1:
-            return np.argmax(mf.predict(x, batch_size), axis=1).astype(np.int64)
-        return np.zeros(n, dtype=np.int64)
+            predictions = mf.predict(x, batch_size)
+            return np.argmax(predictions, axis=1).astype(np.int64), predictions
+        return np.zeros(n, dtype=np.int64), None
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         t = np.full(n, int(target), dtype=np.int64)
     else:
@@ -317,7 +349,7 @@ def resolve_targets(
         t = arr.astype(np.int64)
     if np.any(t < 0) or np.any(t >= k):
         raise ValueError(f"target must be in [0, {k - 1}] for this output of width {k}")
-    return t
+    return t, None
 
 
 # --------------------------------------------------------------------------- gradients

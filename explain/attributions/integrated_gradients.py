@@ -9,6 +9,7 @@ whatever N and ``steps`` are.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,9 @@ from explain.attributions.base import (
     Attribution,
     ModelFunction,
     check_positive_int,
+    compiled,
     completeness_gap,
+    gather_targets,
     gradient_fn,
     stream_chunks,
 )
@@ -79,7 +82,14 @@ def rule_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if not isinstance(rule, str) or rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
-    steps = check_positive_int("steps", steps)
+    alphas, weights = _cached_points(rule, check_positive_int("steps", steps))
+    return alphas.copy(), weights.copy()
+
+
+@lru_cache(maxsize=64)
+def _cached_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    # Gauss-Legendre nodes cost about a millisecond to find, as much as a small model's
+    # whole IG call, so each (rule, steps) is computed once.
     alphas, weights = RULES[rule](steps)
     return alphas.astype(np.float32), weights.astype(np.float32)
 
@@ -141,25 +151,94 @@ def _row_shape(t: tf.Tensor) -> tf.Tensor:
 
 
 @tf.function(reduce_retracing=True)
-def _fixed_path_points(baseline: tf.Tensor, deltas: tf.Tensor, rows: tf.Tensor,
-                       steps: tf.Tensor, alphas: tf.Tensor,
-                       baseline_rows: tf.Tensor | None) -> tf.Tensor:
-    """Path points ``baseline + alpha * (x - baseline)`` of one chunk, gathered in-graph.
-
-    ``baseline`` is ``(1, ...)`` (shared, broadcast; ``baseline_rows`` None) or
-    ``(N, ...)`` (gathered at ``baseline_rows``); ``deltas`` is ``x - baseline`` ``(N, ...)``.
-    """
-    a = tf.reshape(tf.gather(alphas, steps), _row_shape(deltas))
-    base = baseline if baseline_rows is None else tf.gather(baseline, baseline_rows)
-    return base + a * tf.gather(deltas, rows)
-
-
-@tf.function(reduce_retracing=True)
 def _step_sums(grads: tf.Tensor, weights: tf.Tensor, segments: tf.Tensor,
                n_segments: tf.Tensor) -> tf.Tensor:
     """``sum weight * grad`` over the rows of each segment, float32 ``(n_segments, ...)``."""
     return tf.math.unsorted_segment_sum(
         grads * tf.reshape(weights, _row_shape(grads)), segments, n_segments)
+
+
+class _FixedBaselineIG:
+    """The whole of IG for fixed baselines as one compiled graph, cached per model.
+
+    One call walks the flat (row, step) stream in a sequential ``tf.while_loop`` over
+    chunks of at most ``batch_size`` rows (path points gathered in-graph, forward +
+    input-gradient, per-row weighted sums), then ``f(x)`` and ``f(baseline)`` in chunks of
+    the same bound. A tabular model thus costs one graph dispatch per call instead of a
+    few per chunk, and memory stays bounded by ``batch_size`` whatever N and ``steps`` are.
+    """
+
+    def __init__(self, mf: ModelFunction):
+        self.mf = mf
+        self._fn = tf.function(self._run, reduce_retracing=True)
+
+    def __call__(self, x: tf.Tensor, base: tf.Tensor, targets: tf.Tensor, alphas: tf.Tensor,
+                 weights: tf.Tensor, batch_size: int, *, shared: bool, x_scores: bool
+                 ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
+        """Values float32 ``x.shape``, ``f(x)[t]`` (None unless ``x_scores``), ``f(base)[t]``.
+
+        ``base`` is ``(1, ...)`` shared by every row (``shared``) or ``(N, ...)``.
+        """
+        return self._fn(x, base, targets, alphas, weights,
+                        tf.constant(batch_size, tf.int32), shared, x_scores)
+
+    def _scores(self, inputs: tf.Tensor, targets: tf.Tensor, batch_size: tf.Tensor
+                ) -> tf.Tensor:
+        """``f(inputs)[i, targets[i]]`` float32 ``(M,)``, in chunks of ``batch_size`` rows."""
+        n = tf.shape(inputs)[0]
+        n_chunks = (n + batch_size - 1) // batch_size
+        parts = tf.TensorArray(tf.float32, size=n_chunks, infer_shape=False)
+
+        def body(c, parts):
+            lo = c * batch_size
+            hi = tf.minimum(lo + batch_size, n)
+            out = gather_targets(self.mf(inputs[lo:hi]), targets[lo:hi])
+            return c + 1, parts.write(c, out)
+
+        _, parts = tf.while_loop(lambda c, _: c < n_chunks, body, (0, parts),
+                                 parallel_iterations=1)
+        return parts.concat()
+
+    def _run(self, x, base, targets, alphas, weights, batch_size, shared, x_scores):
+        mf = self.mf
+        n = tf.shape(x)[0]
+        n_steps = tf.shape(alphas)[0]
+        total = n * n_steps
+        shape = _row_shape(x)
+        deltas = x - base
+        n_chunks = (total + batch_size - 1) // batch_size
+        sums = tf.TensorArray(tf.float32, size=n_chunks, infer_shape=False)
+        owners = tf.TensorArray(tf.int32, size=n_chunks, infer_shape=False)
+
+        def body(c, sums, owners):
+            flat = tf.range(c * batch_size, tf.minimum((c + 1) * batch_size, total))
+            rows, steps = flat // n_steps, flat % n_steps
+            b = base if shared else tf.gather(base, rows)
+            points = b + tf.reshape(tf.gather(alphas, steps), shape) * tf.gather(deltas, rows)
+            with tf.GradientTape() as tape:
+                tape.watch(points)
+                out = gather_targets(mf(points), tf.gather(targets, rows))
+            g = tape.gradient(out, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            # A row's weighted gradients are summed here and multiplied by its x - baseline
+            # once at the end; the stream is row-major, so a chunk's rows are contiguous.
+            first, last = rows[0], rows[-1]
+            part = tf.math.unsorted_segment_sum(
+                g * tf.reshape(tf.gather(weights, steps), shape), rows - first,
+                last - first + 1)
+            return c + 1, sums.write(c, part), owners.write(c, tf.range(first, last + 1))
+
+        _, sums, owners = tf.while_loop(lambda c, *_: c < n_chunks, body, (0, sums, owners),
+                                        parallel_iterations=1)
+        # Chunks are added in float64 so the result does not depend on where they were cut.
+        per_row = tf.math.unsorted_segment_sum(tf.cast(sums.concat(), tf.float64),
+                                               owners.concat(), n)
+        values = tf.cast(per_row * tf.cast(deltas, tf.float64), tf.float32)
+        f_x = self._scores(x, targets, batch_size) if x_scores else None
+        if shared:
+            f_base = tf.gather(mf(base)[0], targets)
+        else:
+            f_base = self._scores(base, targets, batch_size)
+        return values, f_x, f_base
 
 
 # --------------------------------------------------------------------------- baselines
@@ -326,6 +405,37 @@ def integrated_gradients(
     """
     alphas, weights = rule_points(rule, steps)
     bases = _Baselines(x, baseline, baseline_samples, seed, blur_sigma)
+    known = mf.known_predictions(x)
+    if bases.fixed is not None:
+        fixed = bases.fixed
+        fused = compiled(mf, "integrated_gradients", _FixedBaselineIG)
+        values_t, scores_t, base_scores_t = fused(
+            tf.convert_to_tensor(x), tf.convert_to_tensor(fixed),
+            tf.convert_to_tensor(targets, tf.int32), tf.constant(alphas), tf.constant(weights),
+            batch_size, shared=len(fixed) == 1, x_scores=known is None)
+        values = values_t.numpy()
+        scores = (scores_t.numpy() if known is None
+                  else known[np.arange(len(x)), targets].astype(np.float32))
+        baseline_scores = base_scores_t.numpy()
+    else:
+        values = _random_baselines_ig(mf, x, targets, bases, alphas, weights, batch_size)
+        scores = mf.target_scores(x, targets, batch_size)
+        baseline_scores = _baseline_scores(mf, bases, targets, batch_size)
+    return Attribution(
+        values=values,
+        method="integrated_gradients",
+        targets=targets,
+        scores=scores,
+        baseline_scores=baseline_scores,
+        completeness_gap=completeness_gap(values, scores, baseline_scores),
+        extra={"alphas": alphas, "weights": weights, "baseline_draws": bases.samples},
+    )
+
+
+def _random_baselines_ig(mf: ModelFunction, x: np.ndarray, targets: np.ndarray,
+                         bases: _Baselines, alphas: np.ndarray, weights: np.ndarray,
+                         batch_size: int) -> np.ndarray:
+    """IG averaged over random baseline draws, drawn chunk by chunk on the host."""
     n_draws = bases.samples
     per_row = n_draws * len(alphas)
     grad = gradient_fn(mf)
@@ -333,23 +443,12 @@ def integrated_gradients(
     alphas_t, weights_t = tf.constant(alphas), tf.constant(weights / n_draws)
     targets_t = tf.constant(targets, tf.int32)
     x_t = tf.convert_to_tensor(x)
-    fixed = bases.fixed
-    if fixed is not None:
-        # Inputs and baselines cross into TensorFlow once; each chunk is gathered in-graph.
-        base_t = tf.convert_to_tensor(fixed)
-        deltas_t = x_t - base_t
-        shared = len(fixed) == 1
-
     for rows, copies in stream_chunks(len(x), per_row, batch_size):
         draws, step = copies // len(alphas), copies % len(alphas)
         rows_t, step_t = tf.constant(rows, tf.int32), tf.constant(step, tf.int32)
-        if fixed is not None:
-            points = _fixed_path_points(base_t, deltas_t, rows_t, step_t, alphas_t,
-                                        None if shared else rows_t)
-        else:
-            bs = bases.rows(rows, draws)
-            points = interpolate_path(tf.gather(x_t, rows_t), tf.convert_to_tensor(bs),
-                                      tf.gather(alphas_t, step_t))
+        bs = bases.rows(rows, draws)
+        points = interpolate_path(tf.gather(x_t, rows_t), tf.convert_to_tensor(bs),
+                                  tf.gather(alphas_t, step_t))
         g, _ = grad(points, tf.gather(targets_t, rows_t))
         # A (row, draw) pair has one x - baseline, so its weighted gradients are summed
         # first and multiplied by it once; chunks are sorted, so pairs are contiguous.
@@ -358,29 +457,9 @@ def integrated_gradients(
         sums = _step_sums(g, tf.gather(weights_t, step_t),
                           tf.constant(local.reshape(-1), tf.int32),
                           tf.constant(len(pairs), tf.int32)).numpy()
-        pair_rows = rows[first_of]
-        if fixed is not None:
-            d = x[pair_rows] - fixed[pair_rows if not shared else np.zeros_like(pair_rows)]
-        else:
-            d = x[pair_rows] - bs[first_of]
-        contrib = sums.astype(np.float64) * d
-        if n_draws == 1:
-            acc[pair_rows] += contrib
-        else:
-            np.add.at(acc, pair_rows, contrib)
-
-    values = acc.astype(np.float32)
-    scores = mf.target_scores(x, targets, batch_size)
-    baseline_scores = _baseline_scores(mf, bases, targets, batch_size)
-    return Attribution(
-        values=values,
-        method="integrated_gradients",
-        targets=targets,
-        scores=scores,
-        baseline_scores=baseline_scores,
-        completeness_gap=completeness_gap(values, scores, baseline_scores),
-        extra={"alphas": alphas, "weights": weights, "baseline_draws": n_draws},
-    )
+        contrib = sums.astype(np.float64) * (x[rows[first_of]] - bs[first_of])
+        np.add.at(acc, rows[first_of], contrib)
+    return acc.astype(np.float32)
 
 
 def _baseline_scores(mf: ModelFunction, bases: _Baselines, targets: np.ndarray,

@@ -19,7 +19,7 @@ from explain.attributions.base import (
     ModelFunction,
     as_inputs,
     check_positive_int,
-    resolve_targets,
+    resolve_targets_with_predictions,
 )
 
 #: Options every method accepts (handled here, before dispatch).
@@ -130,9 +130,11 @@ def explain(
     arr = as_inputs(model, x)
     batch_size = (default_batch_size(arr.shape[1:], info.gradient_based) if requested is None
                   else check_positive_int("batch_size", requested))
-    targets = resolve_targets(mf, arr, target, batch_size)
+    targets, predictions = resolve_targets_with_predictions(mf, arr, target, batch_size)
     merged = {**info.defaults, **options}
-    result = info.impl(mf, arr, targets, batch_size=batch_size, **merged)
+    # f(x) from finding the predicted classes is lent to the method for its scores.
+    with mf.predictions_known(arr, predictions):
+        result = info.impl(mf, arr, targets, batch_size=batch_size, **merged)
     result.method = method
     result.targets = targets
     result.options = {**merged, "batch_size": batch_size, "output": mf.output_index,

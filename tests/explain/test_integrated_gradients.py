@@ -195,9 +195,11 @@ def test_riemann_gap_shrinks_as_steps_grow(mlp, rule):
 # --------------------------------------------------------------------------- batching
 
 
-@pytest.mark.parametrize("baseline", ["zeros", "uniform"])
+@pytest.mark.parametrize("baseline", ["zeros", "uniform", "per_row"])
 def test_batched_equals_unbatched(cnn, baseline):
     model, x = cnn
+    if baseline == "per_row":
+        baseline = 0.5 * x[::-1]
     runs = [
         explain(model, x, "integrated_gradients", steps=6, baseline=baseline,
                 baseline_samples=2, batch_size=bs)
@@ -233,6 +235,50 @@ def test_no_forward_pass_exceeds_batch_size(mlp, monkeypatch):
             baseline_samples=3, batch_size=7)
     assert max(grad_rows) <= 7 and max(forward_rows) <= 7
     assert sum(grad_rows) == len(x) * 10 * 3  # every (row, draw, step) exactly once
+
+
+class _RowCounter(keras.layers.Layer):
+    """Identity layer recording the largest batch it saw and the rows it saw in total."""
+
+    def build(self, shape):
+        self.peak = self.add_weight(shape=(), dtype="int32", initializer="zeros",
+                                    trainable=False)
+        self.total = self.add_weight(shape=(), dtype="int32", initializer="zeros",
+                                     trainable=False)
+
+    def call(self, x):
+        rows = tf.shape(x)[0]
+        self.peak.assign(tf.maximum(self.peak, rows))
+        self.total.assign_add(rows)
+        return x
+
+
+@pytest.mark.parametrize("baseline", ["zeros", "per_row"])
+@pytest.mark.parametrize("target", [None, 1])
+def test_fixed_baselines_bound_every_pass_and_evaluate_f_x_once(baseline, target):
+    inp = keras.Input((8,))
+    counter = _RowCounter()
+    h = keras.layers.Dense(16, activation="tanh")(counter(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h))
+    x = np.random.default_rng(3).normal(size=(6, 8)).astype(np.float32)
+    spec = 0.5 * x[::-1] if baseline == "per_row" else baseline
+    ref = explain(model, x, "integrated_gradients", steps=10, baseline=spec, target=target,
+                  batch_size=1000)
+    counter.peak.assign(0)
+    counter.total.assign(0)
+    res = explain(model, x, "integrated_gradients", steps=10, baseline=spec, target=target,
+                  batch_size=7)
+    assert int(counter.peak.numpy()) <= 7
+    # Every (row, step) once, f(x) once (shared with finding the predicted class), and
+    # f(baseline) once per distinct baseline.
+    n_base = 1 if baseline == "zeros" else len(x)
+    assert int(counter.total.numpy()) == len(x) * 10 + len(x) + n_base
+    np.testing.assert_allclose(res.values, ref.values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-6)
+    probs = model(x).numpy()
+    t = probs.argmax(1) if target is None else np.full(len(x), target)
+    np.testing.assert_array_equal(res.targets, t)
+    np.testing.assert_allclose(res.scores, probs[np.arange(len(x)), t], rtol=1e-5)
 
 
 def test_output_head_by_name_equals_by_index():
