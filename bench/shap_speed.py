@@ -98,7 +98,7 @@ def main() -> None:
         gap = np.abs(vals.sum(1) - (fx - f(bg).mean())).max()
         rows.append((name, t * args.rows / n_rows, err, gap, evals))
 
-    ours("kernel (default)", estimator="kernel")
+    ours("kernel (default samples)", estimator="kernel")
     ours("auto (default)")
     ours("permutation (default)", estimator="permutation")
     ours("kernel samples=512", estimator="kernel", samples=512)

@@ -13,7 +13,8 @@ Estimators (option ``estimator``)
 ---------------------------------
 ``"auto"`` (default)
     ``"exact"`` when the number of players M (features, feature groups or image regions)
-    is at most 10, else ``"kernel"``.
+    is at most 10; else ``"sampled"`` when the background has several rows, ``"kernel"``
+    when it has one (the default for images).
 ``"exact"``
     Enumerates all 2^M coalitions (M <= 14) and applies the Shapley weights in closed
     form. Matches ``shap.ExactExplainer`` with ``shap.maskers.Independent(background,
@@ -26,6 +27,15 @@ Estimators (option ``estimator``)
 ``"permutation"``
     Antithetic permutation sampling (each permutation and its reverse), about
     ``samples`` coalitions per row; additive by construction.
+``"sampled"``
+    Monte Carlo over orderings *and* background rows: antithetic permutations, each
+    ordering walked with a single background row (the rows dealt out in shuffled rounds,
+    every row at least once), so one marginal contribution costs one forward pass instead
+    of B. Per background row the contributions telescope to ``f(x) - f(b)``; averaging
+    per row first and then uniformly over the background keeps efficiency exact, and a
+    linear model's values are exact. ``samples`` is the number of forward passes per
+    explained row (default ``250 M``, about 250 / (1 - 1/M) orderings), raised to
+    at least one ordering per background row.
 ``"gradient"``
     Expected gradients (= shap's GradientExplainer): ``samples`` (default 200) draws per
     row of a background row and a point on the straight path to x. Needs gradients.
@@ -33,8 +43,8 @@ Estimators (option ``estimator``)
     shap's DeepExplainer (DeepLIFT rescale rule against the background), where it
     supports the model; otherwise a ValueError pointing to ``"gradient"``.
 
-The model-agnostic estimators (exact, kernel, permutation) cost ``rows x coalitions x
-background rows`` forward passes, in calls of at most ``batch_size`` rows: raise
+The model-agnostic estimators exact, kernel and permutation cost ``rows x coalitions x
+background rows`` forward passes (``"sampled"``: ``rows x samples``), in calls of at most ``batch_size`` rows: raise
 ``batch_size`` (e.g. 4096 for small models) for speed, shrink the background for less work.
 
 Background (option ``background``)
@@ -90,6 +100,8 @@ from explain.attributions.registry import register
 AUTO_EXACT_MAX = 10
 DEFAULT_BACKGROUND_ROWS = 50
 DEFAULT_GRADIENT_SAMPLES = 200
+#: Forward passes per explained row and player for ``"sampled"`` by default.
+SAMPLED_PER_PLAYER = 250
 
 
 def default_samples(m: int) -> int:
@@ -167,27 +179,81 @@ class _MaskedGame:
         self.grouping = grouping
         self.batch_size = batch_size
         self.model_rows = 0
+        self.f_bg: np.ndarray | None = None  # (N, B) f(b)[target], set by the caller
+        el = grouping.elements
+        self._identity = el.ndim == 1 and np.array_equal(el, np.arange(len(el)))
+
+    def _compose(self, keep_f: np.ndarray, coal: np.ndarray, row: np.ndarray,
+                 bgi: np.ndarray) -> np.ndarray:
+        """Flat model inputs: row ``row[i]`` of x where coalition ``coal[i]`` keeps the
+        element, background row ``bgi[i]`` elsewhere (``keep_f``: the coalitions as 0/1
+        float32, ``(C, M)``)."""
+        el = self.grouping.elements
+        keep = np.take(keep_f, coal, axis=0)
+        if el.ndim == 2:
+            keep = np.take_along_axis(keep, np.take(el, row, axis=0), axis=1)
+        elif not self._identity:
+            keep = np.take(keep, el, axis=1)
+        # x * 1 + b * 0 is exactly x (inputs are finite) and much faster than np.where
+        out = np.take(self.x, row, axis=0)
+        out *= keep
+        keep -= 1
+        keep *= -1
+        base = np.take(self.bg, bgi, axis=0)
+        base *= keep
+        out += base
+        return out
 
     def values(self, masks: np.ndarray) -> np.ndarray:
         """``(N, C)`` float64 values of the coalitions ``masks`` ``(C, M)``."""
         n, c, b = len(self.x), len(masks), len(self.bg)
         total = n * c * b
         acc = np.zeros(n * c)
-        el = self.grouping.elements
+        keep_f = masks.astype(np.float32)
         for start in range(0, total, self.batch_size):
             idx = np.arange(start, min(total, start + self.batch_size))
             row, rest = np.divmod(idx, c * b)
             coal, bgi = np.divmod(rest, b)
-            if el.ndim == 1:
-                keep = masks[coal][:, el]
-            else:
-                keep = np.take_along_axis(masks[coal], el[row], axis=1)
-            batch = np.where(keep, self.x[row], self.bg[bgi]).reshape((len(idx), *self.shape))
+            batch = self._compose(keep_f, coal, row, bgi).reshape((len(idx), *self.shape))
             out = self.mf.predict(batch, batch_size=len(idx))
             acc += np.bincount(row * c + coal, weights=out[np.arange(len(idx)), self.targets[row]],
                                minlength=n * c)
         self.model_rows += total
         return acc.reshape(n, c) / b
+
+    def single_values(self, masks: np.ndarray, bg_index: np.ndarray, per: int) -> np.ndarray:
+        """``(N, C)`` float64 ``f(x_S, b_rest)`` with a single background row per coalition:
+        row ``bg_index[n, c // per]`` for explained row n and coalition ``masks[c]``."""
+        n, c = len(self.x), len(masks)
+        total = n * c
+        out = np.empty(total)
+        keep_f = masks.astype(np.float32)
+        drop_f = 1 - keep_f
+        walk = np.arange(c) // per
+        el = self.grouping.elements
+        for start in range(0, total, self.batch_size):
+            stop = min(total, start + self.batch_size)
+            pieces = []
+            # the batch is a run of coalitions of consecutive rows: build it row by row
+            # from slices (x * 1 + b * 0 is exactly x: inputs are finite)
+            for r in range(start // c, (stop - 1) // c + 1):
+                lo, hi = max(start - r * c, 0), min(stop - r * c, c)
+                keep, drop = keep_f[lo:hi], drop_f[lo:hi]
+                if el.ndim == 2:
+                    keep, drop = np.take(keep, el[r], axis=1), np.take(drop, el[r], axis=1)
+                elif not self._identity:
+                    keep, drop = np.take(keep, el, axis=1), np.take(drop, el, axis=1)
+                piece = np.take(self.bg, np.take(bg_index[r], walk[lo:hi]), axis=0)
+                piece *= drop
+                piece += self.x[r] * keep
+                pieces.append(piece)
+            batch = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            pred = self.mf.predict(batch.reshape((stop - start, *self.shape)),
+                                   batch_size=stop - start)
+            row = np.arange(start, stop) // c
+            out[start:stop] = pred[np.arange(stop - start), self.targets[row]]
+        self.model_rows += total
+        return out.reshape(n, c)
 
 
 # --------------------------------------------------------------------------- estimators
@@ -224,10 +290,20 @@ def _permutation(game: _MaskedGame, v_empty, v_full, rng, samples) -> np.ndarray
     return co.permutation_solve(perms, index, game.values(coalitions), v_empty, v_full)
 
 
+def _sampled(game: _MaskedGame, v_empty, v_full, rng, samples) -> np.ndarray:
+    m, b, n = game.grouping.m, len(game.bg), len(game.x)
+    perms, bg_index = co.background_permutations(m, b, samples, rng)
+    bg_index = np.broadcast_to(bg_index[None], (n, len(bg_index)))
+    v = game.single_values(co.permutation_prefixes(perms), bg_index, m - 1)
+    contrib = co.chain_contributions(perms, bg_index, v, game.f_bg, v_full)
+    return co.background_average(contrib, bg_index, b)
+
+
 _AGNOSTIC: dict[str, Callable[..., np.ndarray]] = {
     "exact": _exact,
     "kernel": _kernel,
     "permutation": _permutation,
+    "sampled": _sampled,
 }
 
 
@@ -343,7 +419,7 @@ def _undo_deep_explainer_patch() -> None:
         execute.record_gradient = original
 
 
-ESTIMATORS = ("auto", "exact", "kernel", "permutation", "gradient", "deep")
+ESTIMATORS = ("auto", "exact", "kernel", "permutation", "sampled", "gradient", "deep")
 
 
 # --------------------------------------------------------------------------- the method
@@ -356,7 +432,7 @@ ESTIMATORS = ("auto", "exact", "kernel", "permutation", "gradient", "deep")
               "groups": None, "grid": None, "feature_groups": None},
     completeness=True,
     gradient_based=False,
-    summary="Shapley values against a background (exact, kernel, permutation, "
+    summary="Shapley values against a background (exact, kernel, permutation, sampled, "
             "expected gradients or DeepSHAP)",
 )
 def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: int,
@@ -379,7 +455,7 @@ def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: 
     grouping = _resolve_grouping(x, groups, grid, feature_groups)
     m = grouping.m
     if estimator == "auto":
-        estimator = "exact" if m <= AUTO_EXACT_MAX else "kernel"
+        estimator = "exact" if m <= AUTO_EXACT_MAX else "sampled" if len(bg) > 1 else "kernel"
     if samples is not None:
         samples = check_positive_int("samples", samples)
     if estimator == "kernel":
@@ -391,11 +467,14 @@ def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: 
             estimator = "exact"
     elif estimator == "permutation":
         samples = default_samples(m) if samples is None else samples
+    elif estimator == "sampled":
+        samples = SAMPLED_PER_PLAYER * m if samples is None else samples
     elif estimator == "gradient":
         samples = DEFAULT_GRADIENT_SAMPLES if samples is None else samples
 
     f_x = mf.predict(x, batch_size)
-    f_bg = mf.predict(bg, batch_size).astype(np.float64).mean(axis=0)
+    f_bg_rows = mf.predict(bg, batch_size).astype(np.float64)
+    f_bg = f_bg_rows.mean(axis=0)
     scores = f_x[np.arange(len(x)), targets].astype(np.float32)
     baseline = f_bg[targets].astype(np.float32)
 
@@ -405,6 +484,7 @@ def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: 
             group_values = (scores.astype(np.float64) - f_bg[targets])[:, None]
         else:
             game = _MaskedGame(mf, x, targets, bg, grouping, batch_size)
+            game.f_bg = f_bg_rows[:, targets].T  # (N, B): f(b)[target of each row]
             group_values = _AGNOSTIC[estimator](
                 game, f_bg[targets], f_x[np.arange(len(x)), targets].astype(np.float64),
                 rng, samples)

@@ -14,7 +14,7 @@ from explain.attributions import ModelFunction, explain
 from explain.attributions import _coalitions as co
 from tests import models
 
-AGNOSTIC = ["exact", "kernel", "permutation"]
+AGNOSTIC = ["exact", "kernel", "permutation", "sampled"]
 
 
 def _rows(shape, n, s):
@@ -102,7 +102,7 @@ def test_linear_model_equals_weights_times_centred_input(linear, estimator):
     """For f(x) = w.x + b the SHAP values are w * (x - E[background]) for every estimator."""
     model, w, x, bg = linear
     # samples=16 < 2^5 - 2 keeps kernel and permutation on their sampling paths
-    opts = {"samples": 16} if estimator in ("kernel", "permutation") else {}
+    opts = {"samples": 16} if estimator in ("kernel", "permutation", "sampled") else {}
     res = explain(model, x, "shap", estimator=estimator, background=bg, **opts)
     assert res.extra["estimator"] == estimator
     np.testing.assert_allclose(res.values, w * (x - bg.mean(axis=0)), atol=2e-5)
@@ -142,6 +142,8 @@ def test_exact_matches_shap_exact_explainer(mlp, shap_exact):
     ("kernel", 100),
     ("permutation", None),
     ("permutation", 400),
+    ("sampled", None),
+    ("sampled", 1500),  # forward passes per row: as many as kernel 100 x 15 rows
 ])
 def test_sampling_estimators_close_to_shap_exact(mlp, shap_exact, estimator, samples):
     """Stated tolerance: max abs error <= 2% of the range of the exact values."""
@@ -156,6 +158,19 @@ def test_sampling_estimators_close_to_shap_exact(mlp, shap_exact, estimator, sam
         assert err <= 0.02 * np.ptp(ref), (err, np.ptp(ref))
         assert err > 0  # genuinely sampled, not enumerated
     assert np.abs(res.completeness_gap).max() <= 1e-5
+
+
+def test_auto_samples_background_rows_beyond_exact():
+    """Above 10 players with a multi-row background, auto walks orderings per background
+    row: efficiency stays exact, the seed fixes the result, every row is walked."""
+    model = models.mlp_regressor(12)
+    x, bg = _rows((12,), 3, 11), _rows((12,), 9, 12)
+    res = explain(model, x, "shap", background=bg, samples=60)
+    assert res.extra["estimator"] == "sampled"
+    assert res.extra["model_rows"] == 3 * 10 * 11  # 60 / 11 -> 5, raised to B = 9, even
+    assert np.abs(res.completeness_gap).max() <= 1e-5
+    again = explain(model, x, "shap", background=bg, samples=60)
+    np.testing.assert_array_equal(res.values, again.values)
 
 
 def test_gradient_on_nonlinear_model_is_nearly_complete(mlp):
@@ -225,6 +240,19 @@ def test_image_grid_on_small_cnn():
     # a cell's pixels share its value evenly: 4x4 pixels x 3 channels
     cell = res.values[0, :4, :4, :]
     np.testing.assert_allclose(cell, res.extra["group_values"][0, 0] / 48, atol=1e-8)
+
+
+def test_image_regions_with_background_images_are_sampled():
+    """With several background images auto walks orderings per background image; per-image
+    region maps (superpixels) go through the same path, in any batch size."""
+    model = models.small_cnn(16, channels=3)
+    x = np.random.default_rng(9).random((2, 16, 16, 3)).astype("float32")
+    bg = np.random.default_rng(10).random((3, 16, 16, 3)).astype("float32")
+    runs = [explain(model, x, "shap", groups="superpixels", grid=4, background=bg,
+                    samples=200, batch_size=bs) for bs in (37, 4096)]
+    assert runs[0].extra["estimator"] == "sampled"
+    np.testing.assert_allclose(runs[0].values, runs[1].values, atol=1e-6)
+    assert np.abs(runs[0].completeness_gap).max() <= 1e-5
 
 
 def test_image_superpixels_and_custom_map():
