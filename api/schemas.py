@@ -4,7 +4,7 @@ documents it in the OpenAPI spec."""
 from __future__ import annotations
 
 from apiflask import Schema
-from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Raw, String
+from apiflask.fields import Dict, File, Float, Integer, List, Raw, String
 from apiflask.validators import Length, OneOf, Range, Regexp
 
 #: Names of models and datasets: they reach URLs, logs and reports, so a small charset.
@@ -118,26 +118,6 @@ class ExplainOut(Schema):
 
 
 # --------------------------------------------------------------------------- schedules
-
-
-class ScheduleIn(Schema):
-    cron = String(required=True, validate=Length(min=1, max=128))
-    model_name = Name(required=True)
-    dataset_name = Name(required=True)
-    config = Dict(keys=String(), load_default=dict)
-    enabled = Boolean(load_default=True)
-
-
-class ScheduleOut(Schema):
-    id = String()
-    cron = String()
-    model_name = String()
-    dataset_name = String()
-    config = Dict()
-    enabled = Boolean()
-    next_run_at = String()
-    last_run_at = String(allow_none=True)
-    created_at = String()
 
 
 class ScheduleListOut(Schema):

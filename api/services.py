@@ -73,21 +73,39 @@ def insert_versioned(session: Session, model: type[db.Base], blob_created: bool,
     """Insert a new version of a named artifact; the version is max+1 for (tenant, name).
 
     Two uploads of the same name at once race for the same version: the unique constraint
-    rejects the loser, which retries with the next number.
+    rejects the loser, which retries with the next number. When no row can be written, a
+    blob this upload created is deleted, so a refused upload leaves nothing behind.
     """
-    for _attempt in range(8):
-        version = next_version(session, model, fields["tenant_id"], fields["name"])
-        row = model(version=version, blob_key=blob_key, **fields)
-        session.add(row)
-        try:
-            session.commit()
-            return row
-        except IntegrityError:
-            session.rollback()
+    try:
+        for _attempt in range(8):
+            version = next_version(session, model, fields["tenant_id"], fields["name"])
+            row = model(version=version, blob_key=blob_key, **fields)
+            session.add(row)
+            try:
+                session.commit()
+                return row
+            except IntegrityError:
+                session.rollback()
+    except BaseException:
+        session.rollback()
+        if blob_created:
+            blobs().delete(blob_key)
+        raise
     if blob_created:
         blobs().delete(blob_key)
     abort(409, "conflict", "too many concurrent uploads of this name; try again")
     return None  # unreachable: abort raises
+
+
+def list_artifacts(model: type[db.Base], kind: str, tenant_id: str,
+                   query: dict[str, Any]) -> dict[str, Any]:
+    """A page of the tenant's models or datasets, newest first, optionally by name."""
+    stmt = db.scoped(model, tenant_id)
+    if query.get("name"):
+        stmt = stmt.where(model.name == query["name"])
+    stmt = stmt.order_by(model.created_at.desc(), model.version.desc())
+    rows = db.session().scalars(stmt.limit(query["limit"]).offset(query["offset"]))
+    return {"items": [artifact_json(r, kind) for r in rows]}
 
 
 def artifact_json(row: db.ModelRow | db.DatasetRow, kind: str) -> dict[str, Any]:

@@ -71,15 +71,9 @@ def upload_dataset(form_and_files_data):
     store = services.blobs()
     key, created = store.adopt(tmp, sha, suffix)
     session = db.session()
-    try:
-        row = services.insert_versioned(
-            session, db.DatasetRow, created, key, tenant_id=current_tenant_id(), name=name,
-            sha256=sha, size=size, label=label, spec=spec)
-    except Exception:
-        session.rollback()
-        if created:
-            store.delete(key)
-        raise
+    row = services.insert_versioned(
+        session, db.DatasetRow, created, key, tenant_id=current_tenant_id(), name=name,
+        sha256=sha, size=size, label=label, spec=spec)
     return services.artifact_json(row, "datasets"), 201
 
 
@@ -89,12 +83,7 @@ def upload_dataset(form_and_files_data):
 @bp.output(ArtifactListOut)
 @bp.doc(summary="List the tenant's datasets (newest first); filter by name")
 def list_datasets(query_data):
-    stmt = db.scoped(db.DatasetRow, current_tenant_id())
-    if query_data.get("name"):
-        stmt = stmt.where(db.DatasetRow.name == query_data["name"])
-    stmt = stmt.order_by(db.DatasetRow.created_at.desc(), db.DatasetRow.version.desc())
-    rows = db.session().scalars(stmt.limit(query_data["limit"]).offset(query_data["offset"]))
-    return {"items": [services.artifact_json(r, "datasets") for r in rows]}
+    return services.list_artifacts(db.DatasetRow, "datasets", current_tenant_id(), query_data)
 
 
 @bp.get("/datasets/<object_id>")

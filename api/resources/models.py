@@ -57,15 +57,9 @@ def upload_model(form_and_files_data):
     store = services.blobs()
     key, created = store.adopt(tmp, sha, suffix)
     session = db.session()
-    try:
-        row = services.insert_versioned(
-            session, db.ModelRow, created, key, tenant_id=current_tenant_id(), name=name,
-            sha256=sha, size=size, spec=spec_dict)
-    except Exception:
-        session.rollback()
-        if created:
-            store.delete(key)
-        raise
+    row = services.insert_versioned(
+        session, db.ModelRow, created, key, tenant_id=current_tenant_id(), name=name,
+        sha256=sha, size=size, spec=spec_dict)
     return services.artifact_json(row, "models"), 201
 
 
@@ -75,12 +69,7 @@ def upload_model(form_and_files_data):
 @bp.output(ArtifactListOut)
 @bp.doc(summary="List the tenant's models (newest first); filter by name")
 def list_models(query_data):
-    stmt = db.scoped(db.ModelRow, current_tenant_id())
-    if query_data.get("name"):
-        stmt = stmt.where(db.ModelRow.name == query_data["name"])
-    stmt = stmt.order_by(db.ModelRow.created_at.desc(), db.ModelRow.version.desc())
-    rows = db.session().scalars(stmt.limit(query_data["limit"]).offset(query_data["offset"]))
-    return {"items": [services.artifact_json(r, "models") for r in rows]}
+    return services.list_artifacts(db.ModelRow, "models", current_tenant_id(), query_data)
 
 
 @bp.get("/models/<object_id>")
