@@ -126,7 +126,7 @@ def train_cmd(dataset_name: str, out: str, shortcut: bool | None, epochs: int | 
 
 
 # ----------------------------------------------------------------------------- audit / demo
-# (explain/audit.py)
+# (explain/audit/)
 
 
 class _StageBars:

@@ -1,0 +1,179 @@
+"""What an audit computes and how hard it tries: :class:`AuditConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from explain.result import to_jsonable
+
+#: Methods run when the config names none, by input kind.
+DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
+    "image": ("integrated_gradients", "grad_cam", "shap"),
+    "tabular": ("integrated_gradients", "shap"),
+}
+
+#: Quality checks that can be switched on or off (``config["quality"]``) and their defaults.
+QUALITY_CHECKS: dict[str, bool] = {
+    "completeness": True,
+    "faithfulness": True,
+    "randomization": True,
+    "agreement": True,
+    "stability": False,
+}
+
+
+def _int_option(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"config {name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ValueError(f"config {name} must be at least {minimum}{upper}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What an audit computes and how hard it tries.
+
+    Attributes
+    ----------
+    methods
+        Attribution methods (names from :data:`explain.METHODS`); None picks
+        :data:`DEFAULT_METHODS` for the input kind (dropping Grad-CAM for an image model
+        without a spatial layer).
+    samples
+        Examples explained one by one (and on which quality is measured).
+    background
+        Background rows of tabular SHAP, drawn from the audited data. Image SHAP masks
+        regions with the data's mean colour instead (one background image), which keeps
+        its cost independent of this number.
+    ig_steps
+        Integration steps of Integrated Gradients.
+    shap_samples
+        Coalitions per row for SHAP's kernel and permutation estimators. None: 512 for
+        images (their 64 grid regions), the method's default (``2M + 2048`` for M
+        players) for tables.
+    global_rows
+        Rows the global importance of tables is computed on (with a gradient method).
+    sanity_rows
+        Examples the randomization (and stability) checks run on.
+    randomization_layers
+        Top layers randomized one by one before the final all-layer step.
+    faithfulness_steps
+        Points of the deletion and insertion curves.
+    batch_size
+        Rows per forward pass (SHAP uses 16× this: its rows are tiny perturbations).
+    seed
+        Seeds the choice of examples, backgrounds, random orders and weight shuffles.
+    thresholds
+        Overrides of :class:`explain.findings.FindingThresholds`.
+    quality
+        Switches of the quality checks (see :data:`QUALITY_CHECKS`).
+    method_options
+        Per-method option overrides, e.g. ``{"shap": {"estimator": "permutation"}}``.
+    """
+
+    methods: tuple[str, ...] | None = None
+    samples: int = 24
+    background: int = 50
+    ig_steps: int = 32
+    shap_samples: int | None = None
+    global_rows: int = 200
+    sanity_rows: int = 8
+    randomization_layers: int = 3
+    faithfulness_steps: int = 10
+    batch_size: int = 256
+    seed: int = 0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, bool] = field(default_factory=lambda: dict(QUALITY_CHECKS))
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from explain.attributions.registry import METHODS
+        from explain.findings import FindingThresholds
+
+        if self.methods is not None:
+            methods = self.methods
+            if isinstance(methods, str) or not isinstance(methods, Sequence):
+                raise TypeError(f"config methods must be a list of method names, got {methods!r}")
+            if not methods:
+                raise ValueError("config methods is empty; name at least one method")
+            unknown = [m for m in methods if m not in METHODS]
+            if unknown:
+                raise ValueError(f"unknown method(s) {unknown}; known methods: "
+                                 f"{', '.join(METHODS)}")
+            if len(set(methods)) != len(methods):
+                raise ValueError(f"config methods lists a method twice: {list(methods)}")
+            object.__setattr__(self, "methods", tuple(str(m) for m in methods))
+        _int_option("samples", self.samples, 2, 10_000)
+        _int_option("background", self.background, 1, 10_000)
+        _int_option("ig_steps", self.ig_steps, 2, 4096)
+        if self.shap_samples is not None:
+            _int_option("shap_samples", self.shap_samples, 16, 1_000_000)
+        _int_option("global_rows", self.global_rows, 1, 1_000_000)
+        _int_option("sanity_rows", self.sanity_rows, 2, 10_000)
+        _int_option("randomization_layers", self.randomization_layers, 0, 1000)
+        _int_option("faithfulness_steps", self.faithfulness_steps, 2, 1000)
+        _int_option("batch_size", self.batch_size, 1, 1_000_000)
+        _int_option("seed", self.seed, 0, 2**32 - 1)
+        if not isinstance(self.thresholds, Mapping):
+            raise TypeError(f"config thresholds must be a mapping, got {self.thresholds!r}")
+        FindingThresholds.from_config(self.thresholds)  # raises on unknown names / types
+        if not isinstance(self.quality, Mapping):
+            raise TypeError(f"config quality must be a mapping, got {self.quality!r}")
+        unknown = set(self.quality) - set(QUALITY_CHECKS)
+        if unknown:
+            raise ValueError(f"unknown quality check(s) {sorted(unknown)}; known: "
+                             f"{sorted(QUALITY_CHECKS)}")
+        for k, v in self.quality.items():
+            if not isinstance(v, bool):
+                raise TypeError(f"config quality.{k} must be true or false, got {v!r}")
+        object.__setattr__(self, "quality", {**QUALITY_CHECKS, **dict(self.quality)})
+        if not isinstance(self.method_options, Mapping):
+            raise TypeError("config method_options must map method names to options")
+        for name, opts in self.method_options.items():
+            if name not in METHODS:
+                raise ValueError(f"method_options names unknown method {name!r}")
+            if not isinstance(opts, Mapping):
+                raise TypeError(f"method_options.{name} must be a mapping of options")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> AuditConfig:
+        """A config from a JSON-like mapping (an API request, a CLI's options).
+
+        Raises
+        ------
+        ValueError
+            For an unknown key or an out-of-range value.
+        TypeError
+            For a value of the wrong type.
+        """
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise TypeError(f"the audit config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown audit config key(s) {sorted(unknown)}; known: "
+                             f"{sorted(known)}")
+        values = dict(data)
+        if values.get("methods") is not None and isinstance(values["methods"], list):
+            values["methods"] = tuple(values["methods"])
+        for key in ("thresholds", "quality", "method_options"):
+            if values.get(key) is None:
+                values.pop(key, None)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON types (what report.json records under ``config``)."""
+        out = dataclasses.asdict(self)
+        out["methods"] = None if self.methods is None else list(self.methods)
+        return to_jsonable(out)
+
+

@@ -1,0 +1,95 @@
+"""Global importance: which features (tables) or image regions matter over the audit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from explain.audit.context import AuditContext
+
+#: The region grid of an image audit's global importance.
+IMAGE_IMPORTANCE_GRID = (4, 4)
+
+
+def global_importance(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, np.ndarray],
+                                                 dict[str, np.ndarray]]:
+    """The global importance section, the per-class maps and the per-example maps."""
+    from explain.attributions.registry import explain as attribute_full
+    from explain.metrics import global_importance as explain_global
+    from explain.metrics import region_importance
+
+    kind, methods, attributions, options = ctx.kind, ctx.methods, ctx.attributions, ctx.options
+    x, idx, preds, class_names = ctx.x, ctx.idx, ctx.preds, ctx.class_names
+    maps: dict[str, np.ndarray] = {}
+    class_maps: dict[str, np.ndarray] = {}
+    if kind == "tabular":
+        for m, a in attributions.items():
+            maps[m] = a.values.reshape(len(a.values), -1).astype(np.float32)
+        method = global_method(methods)
+        if ctx.global_rows is not None:
+            rows = ctx.global_rows
+            values = attribute_full(ctx.model, x[rows], method, **options[method]).values
+            groups = ctx.pred_all[rows]
+        else:
+            rows, values, groups = idx, attributions[method].values, preds
+        items = explain_global(values, ctx.feature_names)
+        section = {"method": method, "kind": "tabular", "items": items, "grid": None}
+        if not ctx.regression:
+            section["per_class"] = {
+                class_names[c]: explain_global(values[groups == c], ctx.feature_names)
+                for c in range(len(class_names)) if np.any(groups == c)
+            }
+        return section, class_maps, maps
+
+    for m, a in attributions.items():
+        maps[m] = image_map(a.values)
+    method = next((m for m in ("grad_cam", "integrated_gradients", "shap") if m in methods),
+                  methods[0])
+    grid = (min(IMAGE_IMPORTANCE_GRID[0], x.shape[1]), min(IMAGE_IMPORTANCE_GRID[1], x.shape[2]))
+
+    def ranked(sel: np.ndarray) -> list[dict[str, Any]]:
+        regions, _ = region_importance(maps[method][sel], grid)
+        return [{"feature": r["feature"], "score": r["score"], "cell": [r["row"], r["col"]]}
+                for r in regions]
+
+    section = {"method": method, "kind": "image", "items": ranked(np.arange(len(idx))),
+               "grid": list(grid)}
+    if not ctx.regression:
+        section["per_class"] = {class_names[c]: ranked(np.flatnonzero(preds == c))
+                                for c in range(len(class_names)) if np.any(preds == c)}
+        h, w = x.shape[1:3]
+        for m, mp in maps.items():
+            # Each example's map is scaled to unit mass first, so one high-gradient example
+            # does not paint the whole class.
+            mass = mp.reshape(len(mp), -1).sum(axis=1)
+            unit = mp / np.where(mass > 0, mass, 1.0)[:, None, None]
+            class_maps[m] = np.stack([
+                unit[preds == c].mean(axis=0) if np.any(preds == c)
+                else np.zeros((h, w), np.float32)
+                for c in range(len(class_names))]).astype(np.float32)
+    return section, class_maps, maps
+
+
+def method_is_cheap(method: str) -> bool:
+    """Methods cheap enough to run on ``global_rows`` rows: the gradient ones."""
+    from explain.attributions.registry import method_info
+
+    return method_info(method).gradient_based and method != "shap"
+
+
+def global_method(methods: Sequence[str]) -> str:
+    for m in ("integrated_gradients", "smoothgrad", "saliency"):
+        if m in methods:
+            return m
+    return methods[0]
+
+
+def image_map(values: np.ndarray) -> np.ndarray:
+    """Per-example image maps ``(n, H, W)`` of non-negative importance."""
+    from explain.metrics import reduce_to_map
+
+    return np.abs(reduce_to_map(values, "image")).astype(np.float32)
+
