@@ -91,12 +91,13 @@ def inspect_cmd(model_path: str, as_json: bool) -> None:
 # (explain/training.py)
 @main.command("train")
 @click.option("--dataset", "dataset_name", required=True,
-              help="A bundled data set: breast_cancer, wine, digits, shapes, tabular_leaky.")
+              help="A bundled data set: breast_cancer, wine, digits, shapes, tabular_leaky, "
+                   "lending.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the model (.keras); the sidecar goes to OUT.json.")
 @click.option("--shortcut/--no-shortcut", default=None,
-              help="shapes / tabular_leaky: plant the shortcut (default) or use the clean "
-                   "twin.")
+              help="shapes / tabular_leaky / lending: plant the shortcut (lending: the "
+                   "biased labels; default) or use the clean twin.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Epoch budget (default depends on the data set; early stopping may end "
                    "sooner).")

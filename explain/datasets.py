@@ -27,7 +27,13 @@ nothing downloaded:
     label for a fraction ``rate`` of the rows (``leak=True``), or is independent of it
     (``leak=False``, same column, same other features).
 
-The two synthetic sets are the ground truth an audit is judged on: ``meta`` records
+``lending``
+    A synthetic loan-approval table whose labels penalise group ``B`` of the sensitive
+    attribute ``group`` (not a model input), which leaks through the input
+    ``district_index``; its clean twin (``bias=False``) has unbiased labels and a district
+    unrelated to the group. Sensitive attributes ride along in :attr:`Dataset.sensitive`.
+
+The synthetic sets are the ground truth an audit is judged on: ``meta`` records
 where the shortcut is, so a test can check that the audit finds it.
 """
 
@@ -58,6 +64,7 @@ __all__ = [
     "load_any",
     "load_bundled",
     "load_data_file",
+    "parse_sensitive",
     "validate_for_model",
 ]
 
@@ -96,6 +103,10 @@ class Dataset:
         A display name.
     meta
         JSON-safe facts about how the set was made (planted shortcuts, sources).
+    sensitive
+        Sensitive attributes of the rows, kept **out** of ``x`` (the model never sees
+        them): attribute name → ``(N,)`` array of strings or numbers. The audit groups
+        rows by them (:mod:`explain.fairness`). ``None`` when the data names none.
     sha256
         Hex SHA-256 of the canonical bytes of ``x`` and ``y`` (computed, not passed):
         ``x`` as little-endian float32 in C order with its row count, ``y`` as
@@ -111,6 +122,7 @@ class Dataset:
     kind: str = "tabular"
     name: str = "data"
     meta: dict[str, Any] = field(default_factory=dict)
+    sensitive: dict[str, np.ndarray] | None = None
     sha256: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -136,6 +148,8 @@ class Dataset:
             self.feature_names = [_clean_name(n) for n in self.feature_names]
         if self.class_names is not None:
             self.class_names = [_clean_name(n) for n in self.class_names]
+        if self.sensitive is not None:
+            self.sensitive = _check_sensitive(self.sensitive, self.x.shape[0], self.name)
         self.sha256 = _hash_arrays(self.x, self.y)
 
     @property
@@ -161,6 +175,8 @@ class Dataset:
             kind=self.kind,
             name=self.name,
             meta=meta,
+            sensitive=None if self.sensitive is None else
+            {k: v[index] for k, v in self.sensitive.items()},
         )
 
     def to_npz(self, path: str | os.PathLike) -> Path:
@@ -180,6 +196,15 @@ class Dataset:
         arrays["kind"] = np.array(self.kind)
         arrays["name"] = np.array(self.name)
         arrays["meta"] = np.array(json.dumps(self.meta, sort_keys=True))
+        if self.sensitive:
+            names = list(self.sensitive)
+            cols = [self.sensitive[k] for k in names]
+            if all(c.dtype.kind in "iuf" for c in cols):
+                table = np.stack([c.astype(np.float64) for c in cols], axis=1)
+            else:  # one string table; numbers come back as numbers (see _sensitive_column)
+                table = np.stack([c.astype(str) for c in cols], axis=1)
+            arrays["sensitive"] = table
+            arrays["sensitive_names"] = np.array(names, dtype=str)
         path.parent.mkdir(parents=True, exist_ok=True)
         # np.savez appends ".npz" to a path without it; write through a file object so
         # the file lands exactly where the caller asked.
@@ -216,6 +241,72 @@ def _clean_name(name: Any) -> str:
     return s
 
 
+#: At most this many sensitive attributes per data set (each gets its own report table).
+MAX_SENSITIVE_ATTRIBUTES = 8
+
+
+def _sensitive_column(values: np.ndarray | Sequence[Any], what: str) -> np.ndarray:
+    """One attribute as a 1-D array: numbers as float64 (ints kept as int64), otherwise
+    strings. Strings that all read as numbers become numbers, so an ``age`` column read
+    from text is binned like one read as numbers."""
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = np.asarray([str(v) for v in arr.reshape(-1)]).reshape(arr.shape)
+    if arr.ndim != 1:
+        raise DataError(f"sensitive attribute {what!r} must be one value per row, got shape "
+                        f"{arr.shape}", code="bad_sensitive")
+    if arr.dtype.kind == "S":
+        arr = np.char.decode(arr, "utf-8", "replace")
+    if arr.dtype.kind == "U":
+        stripped = np.char.strip(arr)
+        empty = stripped == ""
+        if empty.any():
+            raise DataError(f"sensitive attribute {what!r} is missing in row "
+                            f"{int(np.argmax(empty))}; every row needs a value",
+                            code="bad_sensitive")
+        parsed = [_parse_float(str(v)) for v in stripped]
+        if all(v is not None for v in parsed):
+            arr = np.asarray(parsed, dtype=np.float64)
+        else:
+            return stripped.astype(str)
+    if arr.dtype.kind == "b":
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind != "f":
+        raise DataError(f"sensitive attribute {what!r} must hold strings or numbers, got "
+                        f"dtype {arr.dtype}", code="bad_sensitive")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise DataError(f"sensitive attribute {what!r} holds {arr[bad][0]} in row "
+                        f"{int(np.argmax(bad))}; every row needs a finite value",
+                        code="bad_sensitive")
+    if np.all(arr == np.round(arr)) and np.abs(arr).max(initial=0) < 2**53:
+        return arr.astype(np.int64)
+    return arr
+
+
+def _check_sensitive(sensitive: Any, n: int, source: str) -> dict[str, np.ndarray]:
+    if not isinstance(sensitive, dict):
+        raise DataError("sensitive attributes must map names to one value per row",
+                        code="bad_sensitive")
+    if not sensitive:
+        return {}
+    if len(sensitive) > MAX_SENSITIVE_ATTRIBUTES:
+        raise DataError(f"{source} names {len(sensitive)} sensitive attributes; at most "
+                        f"{MAX_SENSITIVE_ATTRIBUTES} are audited", code="bad_sensitive")
+    out: dict[str, np.ndarray] = {}
+    for name, values in sensitive.items():
+        key = _clean_name(name)
+        col = _sensitive_column(values, key)
+        if col.shape[0] != n:
+            raise DataError(f"sensitive attribute {key!r} has {col.shape[0]} values but "
+                            f"{source} has {n} rows", code="bad_sensitive")
+        out[key] = col
+    return out
+
+
 def _infer_kind(x: np.ndarray) -> str:
     # (N, H, W) is ambiguous (grayscale images or sequences); square frames are far more
     # often images. validate_for_model replaces the guess with what the model says.
@@ -229,7 +320,8 @@ def _infer_kind(x: np.ndarray) -> str:
 # --------------------------------------------------------------------------- user files
 
 
-def load_data_file(path: str | os.PathLike, label: str | None = None) -> Dataset:
+def load_data_file(path: str | os.PathLike, label: str | None = None,
+                   sensitive: Sequence[str] | str | None = None) -> Dataset:
     """Read a user's data file.
 
     Parameters
@@ -242,6 +334,13 @@ def load_data_file(path: str | os.PathLike, label: str | None = None) -> Dataset
         For ``.csv``: the name of the label column (taken out of the features). Numeric
         labels are kept as numbers; text labels become class indices with the sorted
         distinct texts as class names. Ignored for ``.npz``, whose labels are ``y``.
+    sensitive
+        Sensitive attributes (a list of names or one comma-separated string). For
+        ``.csv``: columns taken **out** of the features (the model never sees them) and
+        kept as :attr:`Dataset.sensitive`, as text or numbers. For ``.npz``: which of
+        the file's attributes to keep (array ``sensitive`` of shape ``(N,)`` or
+        ``(N, k)``, strings or numbers, named by ``sensitive_names`` ``(k,)``); an
+        ``.npz`` with a ``sensitive`` array keeps all of them when this is None.
 
     Returns
     -------
@@ -254,8 +353,11 @@ def load_data_file(path: str | os.PathLike, label: str | None = None) -> Dataset
         ragged file), ``empty`` (no rows), ``pickled_data`` (an ``.npz`` holding object
         arrays, which would need pickle to load), ``non_numeric`` (a column that is not
         numbers; the column and first offending row are named), ``bad_labels`` (the
-        label column is missing or labels do not match the rows).
+        label column is missing or labels do not match the rows), ``bad_sensitive`` (a
+        sensitive attribute is missing, has missing values or does not line up with
+        the rows).
     """
+    wanted = parse_sensitive(sensitive)
     p = Path(path)
     if not p.exists():
         raise DataError(f"data file not found: {p}", code="not_found", status=404)
@@ -263,11 +365,15 @@ def load_data_file(path: str | os.PathLike, label: str | None = None) -> Dataset
         raise DataError(f"{p} is a directory, not a data file", code="bad_format")
     ext = p.suffix.lower()
     if ext == ".npz":
-        return _load_npz(p)
+        return _select_sensitive(_load_npz(p), wanted, p.name)
     if ext == ".npy":
+        if wanted:
+            raise DataError(f"{p.name} is a single array with no room for sensitive "
+                            "attributes; use an .npz (arrays x, y, sensitive, "
+                            "sensitive_names) or a .csv", code="bad_sensitive")
         return _load_npy(p)
     if ext == ".csv":
-        return _load_csv(p, label)
+        return _load_csv(p, label, wanted or [])
     raise DataError(
         f"unsupported data file type {ext or '(no extension)'!r} for {p.name}; "
         "use .npz (arrays x and optional y), .npy or .csv (header row + numeric rows)",
@@ -363,6 +469,9 @@ def _load_npz(p: Path) -> Dataset:
                 meta = {}
             if not isinstance(meta, dict):
                 meta = {}
+        sensitive = None
+        if "sensitive" in keys:
+            sensitive = _npz_sensitive(npz, keys, source)
     per_row = meta.get("per_row")
     if per_row is not None and not (
             isinstance(per_row, dict)
@@ -370,7 +479,64 @@ def _load_npz(p: Path) -> Dataset:
         # Per-row facts must line up with the rows, or slicing the set would misattribute
         # them; a file that breaks that keeps its data and loses the facts.
         meta.pop("per_row")
-    return _assemble(x, y, feature_names, class_names, kind, name, meta, source)
+    return _assemble(x, y, feature_names, class_names, kind, name, meta, source,
+                     sensitive)
+
+
+def parse_sensitive(sensitive: Sequence[str] | str | None) -> list[str]:
+    """Attribute names from a list or a comma-separated string (``"sex,age"``)."""
+    if sensitive is None:
+        return []
+    parts = sensitive.split(",") if isinstance(sensitive, str) else list(sensitive)
+    names = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise DataError(f"sensitive attribute names must be strings, got {part!r}",
+                            code="bad_sensitive")
+        name = part.strip()
+        if not name:
+            continue
+        if name in names:
+            raise DataError(f"sensitive attribute {name!r} is named twice",
+                            code="bad_sensitive")
+        names.append(name)
+    return names
+
+
+def _npz_sensitive(npz: Any, keys: set[str], source: str) -> dict[str, np.ndarray]:
+    table = _read_npz_member(npz, "sensitive", source)
+    if table.dtype == object:
+        raise DataError(f"sensitive in {source} is an object array", code="pickled_data")
+    if table.ndim == 1:
+        table = table[:, None]
+    if table.ndim != 2:
+        raise DataError(f"sensitive in {source} must have shape (N,) or (N, k), got "
+                        f"{table.shape}", code="bad_sensitive")
+    k = table.shape[1]
+    if "sensitive_names" in keys:
+        names = _string_list(_read_npz_member(npz, "sensitive_names", source),
+                             "sensitive_names", source)
+        if len(names) != k:
+            raise DataError(f"{source} names {len(names)} sensitive attributes but the "
+                            f"sensitive array has {k} columns", code="bad_sensitive")
+    else:
+        names = ["sensitive"] if k == 1 else [f"sensitive_{j}" for j in range(k)]
+    if len(set(names)) != len(names):
+        raise DataError(f"sensitive_names in {source} repeats a name", code="bad_sensitive")
+    return {name: table[:, j] for j, name in enumerate(names)}
+
+
+def _select_sensitive(ds: Dataset, wanted: list[str], source: str) -> Dataset:
+    if not wanted:
+        return ds
+    have = ds.sensitive or {}
+    missing = [w for w in wanted if w not in have]
+    if missing:
+        raise DataError(
+            f"sensitive attribute(s) {missing} are not in {source} (it has: "
+            f"{', '.join(have) or 'none; add arrays sensitive and sensitive_names'})",
+            code="bad_sensitive")
+    return dataclasses.replace(ds, sensitive={w: have[w] for w in wanted})
 
 
 def _load_npy(p: Path) -> Dataset:
@@ -391,7 +557,8 @@ def _load_npy(p: Path) -> Dataset:
     return _assemble(x, None, None, None, None, p.stem, {}, p.name)
 
 
-def _assemble(x, y, feature_names, class_names, kind, name, meta, source) -> Dataset:
+def _assemble(x, y, feature_names, class_names, kind, name, meta, source,
+              sensitive=None) -> Dataset:
     if x.ndim < 2:
         raise DataError(
             f"x in {source} must have a row axis and at least one feature axis, "
@@ -406,8 +573,10 @@ def _assemble(x, y, feature_names, class_names, kind, name, meta, source) -> Dat
         raise DataError(
             f"{source} names {len(feature_names)} features but x has {x.shape[1]} columns",
             code="bad_format")
+    if sensitive is not None:
+        sensitive = _check_sensitive(sensitive, x.shape[0], source)
     return Dataset(x=x, y=y, feature_names=feature_names, class_names=class_names,
-                   kind=kind or _infer_kind(x), name=name, meta=meta)
+                   kind=kind or _infer_kind(x), name=name, meta=meta, sensitive=sensitive)
 
 
 def _encode_text_labels(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -426,7 +595,7 @@ def _parse_float(cell: str) -> float | None:
         return None
 
 
-def _load_csv(p: Path, label: str | None) -> Dataset:
+def _load_csv(p: Path, label: str | None, sensitive: Sequence[str] = ()) -> Dataset:
     source = p.name
     try:
         with open(p, newline="", encoding="utf-8-sig") as fh:
@@ -461,11 +630,22 @@ def _load_csv(p: Path, label: str | None) -> Dataset:
             raise DataError(f"label column {label!r} is not in {source} (columns: {shown})",
                             code="bad_labels")
         label_col = names.index(label)
+    sensitive_cols: dict[str, int] = {}
+    for attr in sensitive:
+        if attr not in names:
+            shown = ", ".join(repr(n) for n in names[:20]) + (" …" if width > 20 else "")
+            raise DataError(f"sensitive column {attr!r} is not in {source} (columns: "
+                            f"{shown})", code="bad_sensitive")
+        if attr == label:
+            raise DataError(f"column {attr!r} cannot be both the label and a sensitive "
+                            "attribute", code="bad_sensitive")
+        sensitive_cols[attr] = names.index(attr)
+    skip = set(sensitive_cols.values())
 
     columns: list[np.ndarray] = []
     feature_names: list[str] = []
     for j, col_name in enumerate(names):
-        if j == label_col:
+        if j == label_col or j in skip:
             continue
         values = np.empty(len(body), dtype=np.float64)
         for i, row in enumerate(body):
@@ -497,7 +677,10 @@ def _load_csv(p: Path, label: str | None) -> Dataset:
                 y = yf.astype(np.int64)
             else:
                 y = yf
-    return _assemble(x, y, feature_names, class_names, "tabular", p.stem, {}, source)
+    kept = {attr: np.array([row[j] for row in body], dtype=str)
+            for attr, j in sensitive_cols.items()}
+    return _assemble(x, y, feature_names, class_names, "tabular", p.stem, {}, source,
+                     kept or None)
 
 
 def _clip(s: str, n: int = 40) -> str:
@@ -871,6 +1054,81 @@ def _tabular_leaky(seed: int = 0, leak: bool = True, rate: float = 0.95, n: int 
                    name="tabular_leaky" if leak else "tabular_leaky_clean", meta=meta)
 
 
+LENDING_PROXY = "district_index"
+LENDING_GROUPS = ("A", "B")
+
+
+def _lending(seed: int = 0, bias: bool = True, penalty: float = 0.5, n: int = 2000,
+             minority: float = 0.4, proxy_spread: float = 0.15) -> Dataset:
+    """A loan-approval table whose historical labels penalise one group.
+
+    Seven model inputs: ``income`` (k$, log-normal), ``debt_ratio``, ``credit_years``,
+    ``loan_amount`` (k$), ``late_payments``, ``employment_years`` and
+    :data:`LENDING_PROXY`; two sensitive attributes kept **out** of the inputs:
+    ``group`` (``"A"``, or ``"B"`` for a fraction ``minority`` of the rows) and ``age``
+    (years, unrelated to everything else; binned by the audit).
+
+    The creditworthiness score is a fixed linear function of the first six inputs plus
+    noise; "approved" means a score above the median. With ``bias=True`` the labels of
+    group B are the historical decisions: a fraction ``penalty`` of B's approvals were
+    turned down. The group is not an input, but ``district_index`` leaks it: it is drawn
+    around 0.3 for group A and 0.7 for group B (spread ``proxy_spread``), so a model that
+    learns the historical decisions reads the group from the district. Its twin
+    (``bias=False``) has the very same applicants and honest inputs, labels from the
+    score alone, and a district drawn from the same mixture independently of the group.
+    """
+    if not 0.0 <= penalty <= 1.0:
+        raise ValueError(f"penalty must be in [0, 1], got {penalty}")
+    if not 0.0 < minority < 1.0:
+        raise ValueError(f"minority must be between 0 and 1, got {minority}")
+    if n < 50:
+        raise ValueError(f"n must be at least 50, got {n}")
+    rng = np.random.default_rng([seed, 3])
+    group_b = rng.random(n) < minority
+    age = rng.integers(21, 71, size=n)
+    income = np.exp(rng.normal(np.log(55.0), 0.45, size=n))
+    debt_ratio = np.clip(rng.beta(2.0, 5.0, size=n), 0.0, 1.0)
+    credit_years = rng.gamma(3.0, 3.0, size=n)
+    loan_amount = np.exp(rng.normal(np.log(20.0), 0.6, size=n))
+    late_payments = rng.poisson(1.0, size=n).astype(np.float64)
+    employment_years = rng.gamma(2.0, 3.0, size=n)
+    z = lambda v: (v - v.mean()) / v.std()  # noqa: E731
+    score = (1.0 * z(np.log(income)) - 0.9 * z(debt_ratio) + 0.5 * z(credit_years)
+             - 0.6 * z(np.log(loan_amount)) - 0.7 * z(late_payments)
+             + 0.4 * z(employment_years) + rng.normal(0.0, 0.5, size=n))
+    fair = score > np.median(score)
+    # The bias and the district come from their own stream, so both twins share the
+    # applicants above.
+    brng = np.random.default_rng([seed, 4])
+    turned_down = brng.random(n) < penalty
+    side = np.where(brng.random(n) < minority, 0.7, 0.3)  # the twin's group-blind draw
+    noise = brng.normal(0.0, proxy_spread, size=n)
+    if bias:
+        y = fair & ~(group_b & turned_down)
+        district = np.where(group_b, 0.7, 0.3) + noise
+    else:
+        y = fair
+        district = side + noise
+    x = np.stack([income, debt_ratio, credit_years, loan_amount, late_payments,
+                  employment_years, district], axis=1)
+    names = ["income", "debt_ratio", "credit_years", "loan_amount", "late_payments",
+             "employment_years", LENDING_PROXY]
+    meta = {
+        "generator": "lending",
+        "seed": seed,
+        "bias": {"planted": bool(bias), "penalised_group": "B" if bias else None,
+                 "attribute": "group", "penalty": float(penalty) if bias else None},
+        "proxy_feature": LENDING_PROXY if bias else None,
+        "sensitive": ["group", "age"],
+    }
+    return Dataset(
+        x=x.astype(np.float32), y=y.astype(np.int64), feature_names=names,
+        class_names=["denied", "approved"], kind="tabular",
+        name="lending" if bias else "lending_clean", meta=meta,
+        sensitive={"group": np.where(group_b, "B", "A"), "age": age},
+    )
+
+
 #: Bundled data sets by name: each builder takes ``seed`` plus its own options.
 BUNDLED: dict[str, Callable[..., Dataset]] = {
     "breast_cancer": _breast_cancer,
@@ -878,6 +1136,7 @@ BUNDLED: dict[str, Callable[..., Dataset]] = {
     "digits": _digits,
     "shapes": _shapes,
     "tabular_leaky": _tabular_leaky,
+    "lending": _lending,
 }
 
 
@@ -887,13 +1146,15 @@ def load_bundled(name: str, seed: int = 0, **opts: Any) -> Dataset:
     Parameters
     ----------
     name
-        ``breast_cancer``, ``wine``, ``digits``, ``shapes`` or ``tabular_leaky``.
+        ``breast_cancer``, ``wine``, ``digits``, ``shapes``, ``tabular_leaky`` or
+        ``lending``.
     seed
         Seed of the synthetic sets (the scikit-learn sets do not depend on it).
     **opts
         Builder options: ``shapes`` takes ``shortcut`` (bool), ``rate``, ``n``, ``size``,
         ``mark``, ``noise``; ``tabular_leaky`` takes ``leak`` (bool), ``rate``, ``n``,
-        ``n_features``.
+        ``n_features``; ``lending`` takes ``bias`` (bool), ``penalty``, ``n``,
+        ``minority``, ``proxy_spread``.
 
     Raises
     ------
@@ -910,17 +1171,18 @@ def load_bundled(name: str, seed: int = 0, **opts: Any) -> Dataset:
 
 
 def load_any(spec_or_path: str | os.PathLike, label: str | None = None,
-             seed: int = 0) -> Dataset:
+             seed: int = 0, sensitive: Sequence[str] | str | None = None) -> Dataset:
     """A bundled data set by name, or a data file by path.
 
     A name in :data:`BUNDLED` wins over a file of the same name in the working directory
-    only if no such file exists.
+    only if no such file exists. ``sensitive`` as for :func:`load_data_file`.
     """
     text = str(spec_or_path)
     if text in BUNDLED and not Path(text).exists():
-        return load_bundled(text, seed=seed)
+        return _select_sensitive(load_bundled(text, seed=seed), parse_sensitive(sensitive),
+                                 text)
     p = Path(text)
     if not p.exists() and not p.suffix:
         raise DataError(f"{text!r} is neither a bundled data set ({', '.join(BUNDLED)}) "
                         "nor an existing file", code="not_found", status=404)
-    return load_data_file(p, label=label)
+    return load_data_file(p, label=label, sensitive=sensitive)

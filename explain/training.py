@@ -49,10 +49,11 @@ DEFAULT_EPOCHS = {
     "digits": 20,
     "shapes": 12,
     "tabular_leaky": 30,
+    "lending": 30,
 }
 
 #: The data-set option that switches a planted shortcut on or off.
-PLANTED_OPTION = {"shapes": "shortcut", "tabular_leaky": "leak"}
+PLANTED_OPTION = {"shapes": "shortcut", "tabular_leaky": "leak", "lending": "bias"}
 
 TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.15
@@ -227,8 +228,9 @@ def train_reference_model(
     seed
         Seeds the data set, the split, the initial weights and the shuffling.
     shortcut
-        For ``shapes`` (the watermark) and ``tabular_leaky`` (the leaked column): plant
-        the shortcut (``True``, the default) or train on the clean twin (``False``).
+        For ``shapes`` (the watermark), ``tabular_leaky`` (the leaked column) and
+        ``lending`` (labels that penalise a group, leaking through a proxy): plant the
+        shortcut (``True``, the default) or train on the clean twin (``False``).
         Other sets have no planted shortcut and refuse ``False``.
     save_test
         If given, write the held-out test split there as ``.npz``.
