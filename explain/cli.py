@@ -43,21 +43,24 @@ def main() -> None:
 @click.argument("model_path", type=click.Path(dir_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
               help="An .npz (array x) or .csv file of rows to explain.")
+@click.option("--label", default=None,
+              help="The label column of a .csv file (left out of the model's inputs).")
 @click.option("--method", default="integrated_gradients", show_default=True)
 @click.option("--rows", default=8, show_default=True, help="Explain the first N rows.")
 @click.option("--out", default="attributions.npy", show_default=True,
               help="Where to write the attributions (.npy).")
 @friendly_errors
-def explain_cmd(model_path: str, data_path: str, method: str, rows: int, out: str) -> None:
+def explain_cmd(model_path: str, data_path: str, label: str | None, method: str, rows: int,
+                out: str) -> None:
     """Compute attributions for the first rows of DATA and save them as .npy."""
     import numpy as np
 
     from explain.attributions import explain as run
-    from explain.datasets import load_data_file
+    from explain.datasets import load_data_file, validate_for_model
     from explain.modelio import load_model_safely
 
-    model, _spec = load_model_safely(model_path)
-    data = load_data_file(data_path)
+    model, spec = load_model_safely(model_path)
+    data = validate_for_model(load_data_file(data_path, label=label), spec)
     res = run(model, data.x[:rows], method)
     np.save(out, res.values)
     msg = f"wrote {out} {res.values.shape}"

@@ -770,7 +770,8 @@ def validate_for_model(dataset: Dataset, spec: Any) -> Dataset:
         if len(got) != len(want) or not _dims_match(got, want):
             raise DataError(
                 f"the model expects inputs of shape {_fmt_shape((None, *want))}, "
-                f"got {_fmt_shape(x.shape)}", code="bad_shape")
+                f"got {_fmt_shape(x.shape)}{_label_hint(dataset, got, want)}",
+                code="bad_shape")
 
     x = x.astype(np.float32)
     finite = np.isfinite(x)
@@ -791,6 +792,23 @@ def validate_for_model(dataset: Dataset, spec: Any) -> Dataset:
     kind = getattr(spec, "input_kind", None)
     kind = kind if kind in KINDS else dataset.kind
     return dataclasses.replace(dataset, x=x, y=y, kind=kind)
+
+
+#: Column names that usually hold the label, for the hint of :func:`_label_hint`.
+_LABEL_LIKE = ("label", "labels", "target", "y", "class", "outcome", "churn", "default")
+
+
+def _label_hint(dataset: Dataset, got: Sequence[int], want: Sequence[int | None]) -> str:
+    """A table one column wider than the model's input most likely still holds its label."""
+    if dataset.y is not None or len(got) != 1 or len(want) != 1 or want[0] is None \
+            or got[0] != want[0] + 1:
+        return ""
+    names = list(dataset.feature_names or [])
+    likely = [n for n in names if str(n).strip().lower() in _LABEL_LIKE]
+    column = repr(likely[0]) if likely else "<column>"
+    return (f": one column more than the model takes. If the file still holds the label "
+            f"column, name it: --label {column} on the command line, or the dataset's "
+            f"label field ({column}) when you upload it through the API or the web page")
 
 
 def _dims_match(got: Sequence[int], want: Sequence[int | None]) -> bool:

@@ -138,6 +138,9 @@ class FindingInputs:
         int ``(n,)`` for the explained examples (labels may be None).
     class_names
         Names for class indices, for messages.
+    attributions
+        Method → the raw per-example attributions ``(n, ...)`` (any input kind), for the
+        rules that judge the attributions themselves (``explanation_failed``).
     """
 
     report: Mapping[str, Any]
@@ -145,10 +148,19 @@ class FindingInputs:
     labels: np.ndarray | None = None
     predictions: np.ndarray | None = None
     class_names: Sequence[str] | None = None
+    attributions: Mapping[str, np.ndarray] | None = None
 
 
 Rule = Callable[[FindingInputs, FindingThresholds], list[Finding]]
 RULES: dict[str, Rule] = {}
+
+
+class FindingRuleError(RuntimeError):
+    """A finding rule failed on the audit's measurements: a bug, not the user's input.
+
+    Raised in place of whatever the rule raised (a ``TypeError`` from a missing value, say)
+    so that a service does not report the failure as the caller's invalid input.
+    """
 
 
 def rule(code: str) -> Callable[[Rule], Rule]:
@@ -164,8 +176,12 @@ def run_rules(inputs: FindingInputs, thresholds: FindingThresholds | None = None
     """All findings, most severe first, as JSON-safe dicts."""
     th = thresholds or FindingThresholds()
     found: list[Finding] = []
-    for fn in RULES.values():
-        found.extend(fn(inputs, th))
+    for code, fn in RULES.items():
+        try:
+            found.extend(fn(inputs, th))
+        except Exception as exc:
+            raise FindingRuleError(f"finding rule {code} failed: {type(exc).__name__}: {exc}"
+                                   ) from exc
     found.sort(key=lambda f: -_SEVERITY_RANK[f.severity])
     return [f.to_dict() for f in found]
 
@@ -463,7 +479,7 @@ def _drift(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
     ndcg = float(drift["ndcg"])
     if ndcg >= th.drift_min_ndcg:
         return []
-    movers = sorted(drift.get("items") or [], key=lambda i: -abs(float(i.get("change", 0))))[:5]
+    movers = sorted(drift.get("items") or [], key=lambda i: -_drift_size(i))[:5]
     return [Finding(
         code="attribution_drift", severity="warning",
         message=(f"What the model relies on has changed since the previous audit (nDCG of "
@@ -471,6 +487,16 @@ def _drift(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
         evidence={"ndcg": ndcg, "threshold": th.drift_min_ndcg,
                   "previous_audit": drift.get("previous_audit"), "largest_changes": movers},
     )]
+
+
+def _drift_size(item: Mapping[str, Any]) -> float:
+    """How much one drift item moved; a feature present in only one audit moved by its
+    whole score (its ``change`` is None)."""
+    change = item.get("change")
+    if change is not None:
+        return abs(float(change))
+    scores = [item.get("score"), item.get("previous_score")]
+    return max((abs(float(v)) for v in scores if v is not None), default=0.0)
 
 
 def ndcg(previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]],
@@ -491,3 +517,47 @@ def ndcg(previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, A
     rel = np.array([[prev[n] for n in common]])
     score = np.array([[cur[n] for n in common]])
     return float(ndcg_score(rel, score, k=k))
+
+
+# ------------------------------------------------------------------ degenerate explanations
+
+
+def degenerate_examples(values: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
+    """Per example: is its attribution zero or constant everywhere?
+
+    ``values`` is ``(n, ...)``. An example is degenerate when the spread of its values
+    (max - min) is at most ``rel_tol`` times the largest magnitude over all examples (or
+    exactly zero everywhere): such a map ranks nothing and explains nothing.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if v.size == 0:
+        return np.ones(len(v), dtype=bool)
+    v = np.where(np.isfinite(v), v, 0.0)
+    spread = v.max(axis=1) - v.min(axis=1)
+    scale = float(np.abs(v).max())
+    return spread <= rel_tol * scale if scale > 0 else np.ones(len(v), dtype=bool)
+
+
+@rule("explanation_failed")
+def _explanation_failed(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    source = inputs.attributions or inputs.image_maps or {}
+    out = []
+    for method, values in source.items():
+        values = np.asarray(values)
+        if len(values) == 0:
+            continue
+        flat = degenerate_examples(values)
+        if not flat.all():
+            continue
+        zero = bool(np.all(np.nan_to_num(values) == 0))
+        out.append(Finding(
+            code="explanation_failed", severity="critical",
+            message=(f"{method} produced {'all-zero' if zero else 'constant'} attributions "
+                     f"for every one of the {len(values)} explained examples: it explains "
+                     f"nothing about this model, and its checks and rankings are void. "
+                     f"Typical causes: a saturated output, a baseline equal to the inputs, "
+                     f"or a background drawn from the rows being explained."),
+            evidence={"method": method, "examples": int(len(values)),
+                      "degenerate_examples": int(flat.sum()), "all_zero": zero},
+        ))
+    return out

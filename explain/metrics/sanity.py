@@ -61,6 +61,12 @@ def _shuffle_layer(layer: keras.layers.Layer, rng: np.random.Generator) -> None:
     ])
 
 
+def _degenerate(maps: np.ndarray) -> np.ndarray:
+    from explain.findings import degenerate_examples
+
+    return degenerate_examples(maps)
+
+
 class ModelParameterRandomization(Metric):
     """Similarity of attributions before and after randomizing the model's weights.
 
@@ -72,7 +78,8 @@ class ModelParameterRandomization(Metric):
     layers; a final step ``"all"`` always randomizes every weighted layer (nested models
     included). After each step attributions are recomputed with the same method and
     options, for the same targets, and compared per example with the original ones by
-    Spearman rank correlation (a constant map counts as 0).
+    Spearman rank correlation. An original map that is zero or constant counts as 1.0
+    (fully similar): it explains nothing, so it cannot pass.
 
     Two correlations are computed per example: on raw values and on absolute values.
     The **score is the mean absolute-value correlation after full randomization** (the
@@ -169,6 +176,13 @@ class ModelParameterRandomization(Metric):
                              for o, r in zip(original, randomized, strict=True)])
         raw_corr = None if spatial else np.array([
             safe_spearman(o, r) for o, r in zip(original, randomized, strict=True)])
+        # A zero or constant original map ranks nothing, so it cannot show that it depends
+        # on the model: it counts as fully similar (1.0), a failure, never as the 0.0 a
+        # rank correlation with a constant gives.
+        flat = _degenerate(original)
+        abs_corr[flat] = 1.0
+        if raw_corr is not None:
+            raw_corr[flat] = 1.0
         return {"abs": abs_corr, "raw": raw_corr}
 
     def _compute(self, explanations: Any) -> tuple[float, dict[str, Any]]:

@@ -1,0 +1,156 @@
+"""Audits that never answer nonsense: the regression report renders, drift with features
+present in one audit only, degenerate attributions, one completeness rule, labels in CSV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from explain import Attribution
+from explain.attributions.base import completeness_gap
+from explain.audit import run_audit
+from explain.cli import main
+from explain.datasets import DataError, Dataset, load_data_file, validate_for_model
+from explain.findings import (
+    FindingInputs,
+    FindingRuleError,
+    degenerate_examples,
+    run_rules,
+)
+from explain.metrics import CompletenessGap, ModelParameterRandomization
+from explain.modelio import load_model_safely
+from reports import render_html
+from tests import models
+
+
+def test_regression_table_audit_renders_a_report(tmp_path):
+    model = models.mlp_regressor(n_features=6)
+    path = tmp_path / "price.keras"
+    model.save(path)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    y = model.predict(x, verbose=0)[:, 0] + rng.normal(0, 0.1, 60).astype(np.float32)
+    result = run_audit(path, Dataset(x=x, y=y), {"samples": 6, "methods": [
+        "integrated_gradients"], "quality": {"randomization": False, "faithfulness": False}})
+    html = render_html(result)
+    assert "Global importance" in html and "per_class" not in html
+
+
+def test_drift_items_without_a_change_do_not_crash_the_findings():
+    report = {"drift": {"ndcg": 0.2, "previous_audit": "prev", "items": [
+        {"feature": "a", "previous_score": 1.0, "score": 0.1, "change": -0.9},
+        {"feature": "new", "previous_score": None, "score": 2.0, "change": None},
+        {"feature": "gone", "previous_score": 0.5, "score": None, "change": None},
+    ]}}
+    found = run_rules(FindingInputs(report=report))
+    drift = [f for f in found if f["code"] == "attribution_drift"]
+    assert len(drift) == 1
+    movers = [m["feature"] for m in drift[0]["evidence"]["largest_changes"]]
+    assert movers == ["new", "a", "gone"]
+
+
+def test_a_crashing_rule_is_an_internal_error_not_the_users_input():
+    # Whatever a rule raises becomes FindingRuleError: neither ValueError nor TypeError,
+    # which a service would report as the caller's invalid input.
+    bad = {"performance": {"per_class": [{"class": "a", "recall": "x", "support": 9},
+                                         {"class": "b", "recall": 0.5, "support": 9}]}}
+    with pytest.raises(FindingRuleError) as info:
+        run_rules(FindingInputs(report=bad))
+    assert not isinstance(info.value, (ValueError, TypeError))
+    assert "weak_class" in str(info.value)
+
+
+def test_degenerate_examples():
+    v = np.zeros((3, 4, 4))
+    v[1] = 2.0
+    v[2, 0, 0] = 1.0
+    assert degenerate_examples(v).tolist() == [True, True, False]
+    assert degenerate_examples(np.zeros((2, 5))).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.3])
+def test_zero_or_constant_attributions_are_an_explanation_failed_finding(fill):
+    values = np.full((6, 8), fill)
+    found = run_rules(FindingInputs(report={}, attributions={
+        "shap": values, "integrated_gradients": np.random.default_rng(0).normal(size=(6, 8))}))
+    failed = [f for f in found if f["code"] == "explanation_failed"]
+    assert [f["evidence"]["method"] for f in failed] == ["shap"]
+    assert failed[0]["severity"] == "critical"
+    assert failed[0]["evidence"]["all_zero"] is (fill == 0.0)
+
+
+def test_all_zero_maps_fail_the_randomization_check():
+    model = models.mlp_classifier(n_features=6, n_classes=3)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+
+    def zeros(m, xx, targets):
+        return np.zeros(xx.shape, np.float32)
+
+    r = ModelParameterRandomization(model, x, method=zeros, max_layers=1).detailed(None)
+    assert r.score == pytest.approx(1.0) and r.passed is False
+
+
+def _attr(gaps, deltas):
+    n = len(gaps)
+    base = np.zeros(n, np.float32)
+    scores = np.asarray(deltas, np.float32)
+    values = np.zeros((n, 3), np.float32)
+    values[:, 0] = scores + np.asarray(gaps, np.float32)
+    return Attribution(values=values, method="integrated_gradients",
+                       targets=np.zeros(n, np.int64), scores=scores, baseline_scores=base,
+                       completeness_gap=completeness_gap(values, scores, base))
+
+
+def test_pooled_completeness_verdict_and_count_follow_one_rule():
+    # One example barely moves: its own ratio is huge, the pooled gap is small.
+    a = _attr([0.004, 0.001, 0.001, 0.001], [0.003, 1.0, 1.0, 1.0])
+    pooled = CompletenessGap(0.05, pooled=True).detailed(a)
+    assert pooled.score == pytest.approx(0.007 / 4 / (3.003 / 4), rel=1e-3)
+    assert pooled.passed is True and pooled.detail["n_over_tolerance"] == 0
+    assert CompletenessGap(0.05).detailed(a).passed is False  # the max rule differs
+    big = _attr([0.2, 0.001, 0.001, 0.001], [1.0, 1.0, 1.0, 1.0])
+    r = CompletenessGap(0.05, pooled=True).detailed(big)
+    assert r.score == pytest.approx(0.203 / 4, rel=1e-3)
+    assert r.passed is False and r.detail["n_over_tolerance"] == 1
+
+
+def _csv(path, with_label=True):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,c,target" if with_label else "a,b,c"]
+    for _ in range(12):
+        vals = rng.normal(size=3)
+        rows.append(",".join(f"{v:.3f}" for v in vals) + (f",{int(vals[0] > 0)}"
+                                                          if with_label else ""))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_with_label_column_but_no_label_says_to_pass_label(tmp_path):
+    model = models.mlp_classifier(n_features=3, n_classes=2)
+    model.save(tmp_path / "m.keras")
+    _, spec = load_model_safely(tmp_path / "m.keras")
+    data = load_data_file(_csv(tmp_path / "d.csv"))
+    with pytest.raises(DataError) as info:
+        validate_for_model(data, spec)
+    assert info.value.code == "bad_shape"
+    assert "--label 'target'" in info.value.message and "label field" in info.value.message
+    ok = validate_for_model(load_data_file(tmp_path / "d.csv", label="target"), spec)
+    assert ok.x.shape == (12, 3)
+
+
+def test_cli_explain_takes_label_and_says_to_pass_it(tmp_path):
+    model = models.mlp_classifier(n_features=3, n_classes=2)
+    model.save(tmp_path / "m.keras")
+    csv_path = _csv(tmp_path / "d.csv")
+    r = CliRunner().invoke(main, ["explain", str(tmp_path / "m.keras"), "--data",
+                                  str(csv_path), "--out", str(tmp_path / "a.npy")])
+    assert r.exit_code == 2 and "--label" in r.stderr and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["explain", str(tmp_path / "m.keras"), "--data",
+                                  str(csv_path), "--label", "target", "--rows", "4",
+                                  "--out", str(tmp_path / "a.npy")])
+    assert r.exit_code == 0, r.stderr
+    assert np.load(tmp_path / "a.npy").shape == (4, 3)
+    r = CliRunner().invoke(main, ["audit", str(tmp_path / "m.keras"), "--data",
+                                  str(csv_path), "--out", str(tmp_path / "r.html"), "--quiet"])
+    assert r.exit_code == 2 and "--label" in r.stderr
