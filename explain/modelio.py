@@ -71,6 +71,7 @@ REFUSAL_CODES = (
     "corrupt_file",        # truncated, empty, random bytes, or Keras could not rebuild it
     "not_found",           # no such file
     "file_too_large",      # the file itself is over the size cap
+    "model_too_large",     # the config declares a model over the budget (explain.budget)
 )
 
 _MiB = 1024 * 1024
@@ -139,6 +140,9 @@ class IntakePolicy:
     allow_savedmodel: bool = False
     allowed_custom_objects: frozenset[str] = frozenset()
     custom_objects: Mapping[str, Any] = field(default_factory=dict)
+    #: An :class:`explain.budget.BudgetPolicy`: when set, a model over its caps is refused
+    #: (``model_too_large``) from its config, before Keras builds anything.
+    budget: Any = None
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0:
@@ -187,6 +191,9 @@ class IntakePolicy:
         names = frozenset(n.strip() for n in raw.split(",") if n.strip())
         if names:
             kwargs["allowed_custom_objects"] = names
+        from explain.budget import BudgetPolicy
+
+        kwargs["budget"] = BudgetPolicy.from_env(env)
         return cls(**kwargs)
 
 
@@ -274,6 +281,9 @@ class ModelSpec:
     gradcam_layers: list[str]
     gradcam_default: str | None
     spec_version: int = 1
+    #: Per-example cost from the config (:meth:`explain.budget.ModelCost.to_dict`), when
+    #: the intake had a budget policy.
+    cost: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (lists, strings, numbers, ``None``)."""
@@ -402,12 +412,12 @@ def load_model_safely(
     name = p.name.lower()
     if name.endswith(_KERAS_EXTS):
         _require_kind(p, kind, "zip", "a .keras file must be a Keras zip archive")
-        keras_version = _check_keras_archive(p, policy)
+        keras_version, cost = _check_keras_archive(p, policy)
         model = _keras_load(p, policy)
         fmt = "keras"
     elif name.endswith(_H5_EXTS):
         _require_kind(p, kind, "hdf5", "an .h5 file must be an HDF5 file")
-        keras_version = _check_h5_file(p, policy)
+        keras_version, cost = _check_h5_file(p, policy)
         model = _keras_load(p, policy)
         fmt = "h5"
     elif name.endswith(_ARCHIVE_EXTS) and kind in ("zip", "tar", "gzip"):
@@ -416,7 +426,7 @@ def load_model_safely(
         if not policy.allow_savedmodel:
             raise _savedmodel_refusal()
         model = _load_savedmodel_archive(p, kind, policy)
-        fmt, keras_version = "savedmodel", None
+        fmt, keras_version, cost = "savedmodel", None, None
     else:
         what = {"zip": "a zip archive", "hdf5": "an HDF5 file", "tar": "a tar archive",
                 "gzip": "a gzip file", "pickle": "a Python pickle"}.get(kind, "unknown content")
@@ -427,6 +437,7 @@ def load_model_safely(
         )
     spec = _build_spec(model, fmt=fmt, sha256=sha256_file(p), file_size=size,
                        keras_version=keras_version)
+    spec.cost = cost
     return model, spec
 
 
@@ -573,8 +584,18 @@ def _parse_json(data: bytes, what: str) -> Any:
                                code="corrupt_file") from None
 
 
-def _check_keras_archive(path: Path, policy: IntakePolicy) -> str | None:
-    """Every check on a ``.keras`` archive; returns the saving Keras version if recorded."""
+def _check_budget(config: Any, policy: IntakePolicy) -> dict[str, Any] | None:
+    """The model's per-example cost from its config; ``model_too_large`` over a cap."""
+    if policy.budget is None:
+        return None
+    from explain.budget import check_model
+
+    return check_model(config, policy.budget).to_dict()
+
+
+def _check_keras_archive(path: Path, policy: IntakePolicy) -> tuple[str | None, Any]:
+    """Every check on a ``.keras`` archive; returns the saving Keras version if recorded,
+    and the model's cost (see :func:`_check_budget`)."""
     with _open_zip(path) as zf:
         names = {i.filename for i in zf.infolist()}
         if any(n.rsplit("/", 1)[-1] in ("saved_model.pb", "saved_model.pbtxt") for n in names):
@@ -591,6 +612,7 @@ def _check_keras_archive(path: Path, policy: IntakePolicy) -> str | None:
             raise ModelIntakeError("config.json does not describe a model",
                                    code="corrupt_file")
         _ConfigAudit(policy).check(config, where="config.json")
+        cost = _check_budget(config, policy)
         version = None
         if "metadata.json" in names:
             meta = _parse_json(_read_member(zf, "metadata.json", _MiB), "metadata.json")
@@ -606,7 +628,7 @@ def _check_keras_archive(path: Path, policy: IntakePolicy) -> str | None:
             except Exception as exc:  # h5py raises OSError, KeyError, ValueError, ...
                 raise ModelIntakeError(f"model.weights.h5 is not a readable HDF5 file ({exc})",
                                        code="corrupt_file") from None
-    return version
+    return version, cost
 
 
 # ====================================================================== .h5 files
@@ -620,7 +642,7 @@ def _attr_text(value: Any) -> str | None:
     return str(value)
 
 
-def _check_h5_file(path: Path, policy: IntakePolicy) -> str | None:
+def _check_h5_file(path: Path, policy: IntakePolicy) -> tuple[str | None, Any]:
     """Every check on a legacy ``.h5`` model; returns the saving Keras version."""
     try:
         h5 = h5py.File(path, "r")
@@ -648,12 +670,13 @@ def _check_h5_file(path: Path, policy: IntakePolicy) -> str | None:
             raise ModelIntakeError("the model config does not describe a model",
                                    code="corrupt_file")
         _ConfigAudit(policy).check(config, where="model_config")
+        cost = _check_budget(config, policy)
         if raw_training is not None:
             training = _parse_json(raw_training.encode()[: policy.max_config_bytes + 1],
                                    "the training config")
             _ConfigAudit(policy).check(training, where="training_config")
         _check_hdf5_structure(h5, policy, path.name)
-    return version
+    return version, cost
 
 
 def _check_hdf5_structure(h5: h5py.File, policy: IntakePolicy, where: str) -> None:

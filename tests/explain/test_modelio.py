@@ -3,6 +3,7 @@ described correctly."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -380,7 +381,9 @@ def test_policy_from_env():
     assert policy.allow_savedmodel is True
     assert policy.allowed_custom_objects == frozenset({"a>B", "c.D"})
     default = IntakePolicy.from_env({})
-    assert default == IntakePolicy()
+    # From the environment, the intake also enforces the work budget (explain.budget).
+    assert default.budget is not None
+    assert dataclasses.replace(default, budget=None) == IntakePolicy()
     assert default.allow_savedmodel is False and default.allowed_custom_objects == frozenset()
     assert IntakePolicy.from_env({"XAUDIT_ALLOW_SAVEDMODEL": "0"}).allow_savedmodel is False
     with pytest.raises(ValueError):
