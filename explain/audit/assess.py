@@ -143,7 +143,8 @@ def assess_in(stages: Stages, plan: AuditPlan,
         report=report, image_maps=image_maps,
         labels=None if regression else np.asarray(labels),
         predictions=None if regression else np.asarray(preds),
-        class_names=None if regression else class_names), thresholds)
+        class_names=None if regression else class_names,
+        attributions={m: a.values for m, a in attributions.items()}), thresholds)
     report["findings"] = findings
     report["verdict"] = _verdict(findings)
 

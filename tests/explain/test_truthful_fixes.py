@@ -154,3 +154,28 @@ def test_cli_explain_takes_label_and_says_to_pass_it(tmp_path):
     r = CliRunner().invoke(main, ["audit", str(tmp_path / "m.keras"), "--data",
                                   str(csv_path), "--out", str(tmp_path / "r.html"), "--quiet"])
     assert r.exit_code == 2 and "--label" in r.stderr
+
+
+def test_audit_of_a_model_with_constant_output_reports_explanation_failed(tmp_path):
+    model = models.mlp_classifier(n_features=5, n_classes=3)
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([np.zeros_like(kernel), np.array([2.0, 0.0, -1.0], np.float32)])
+    path = tmp_path / "flat.keras"
+    model.save(path)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    y = np.arange(40) % 3
+    result = run_audit(path, Dataset(x=x, y=y), {"samples": 6, "methods": [
+        "integrated_gradients"], "quality": {"faithfulness": False}})
+    report = result.report
+    codes = [f["code"] for f in report["findings"]]
+    assert "explanation_failed" in codes
+    assert report["verdict"]["level"] == "fail"
+    checks = {c["metric"]: c for c in report["explanation_quality"][
+        "integrated_gradients"]["checks"]}
+    assert checks["randomization_similarity"]["passed"] is False
+    assert report["explanation_quality"]["integrated_gradients"]["passed"] is False
+    comp = report["explanation_quality"]["integrated_gradients"]["completeness"]
+    assert comp["passed"] is checks["completeness_gap"]["passed"]
+    assert comp["relative_gap"] == pytest.approx(checks["completeness_gap"]["score"])
