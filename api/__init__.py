@@ -62,7 +62,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     }
     Path(app.config["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
 
-    from api import db, errors, metrics, security
+    from api import db, errors, jsonguard, metrics, security
     from api.blobs import BlobStore
 
     db.Database(app)
@@ -72,6 +72,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
         upgrade(app.extensions["xaudit_db"]["engine"])
     app.extensions["xaudit_blobs"] = BlobStore(app.config["BLOB_DIR"])
     errors.init_app(app)
+    jsonguard.init_app(app)
     security.init_app(app)
     metrics.init_app(app)
 

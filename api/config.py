@@ -39,6 +39,11 @@ def defaults() -> dict[str, Any]:
         # Integer options (steps, samples, ...) above this are refused: they bound the work
         # one request can ask of a worker.
         "EXPLAIN_MAX_OPTION_INT": 4096,
+        # Per tenant: queued or running audits / explain jobs, and schedules; over the cap
+        # a request is answered 429 with Retry-After.
+        "MAX_QUEUED_AUDITS": 10,
+        "MAX_QUEUED_EXPLAIN": 16,
+        "MAX_SCHEDULES": 50,
         # Celery task limits (seconds): soft raises inside the task, hard kills the child.
         "AUDIT_SOFT_TIME_LIMIT": 3600,
         "AUDIT_TIME_LIMIT": 3900,

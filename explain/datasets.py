@@ -364,6 +364,11 @@ def load_data_file(path: str | os.PathLike, label: str | None = None,
     if p.is_dir():
         raise DataError(f"{p} is a directory, not a data file", code="bad_format")
     ext = p.suffix.lower()
+    if ext in (".npz", ".npy"):
+        # Declared sizes from the headers, before np.load allocates what they declare.
+        from explain.arrayguard import check_array_file
+
+        check_array_file(p)
     if ext == ".npz":
         return _select_sensitive(_load_npz(p), wanted, p.name)
     if ext == ".npy":
@@ -565,6 +570,9 @@ def _assemble(x, y, feature_names, class_names, kind, name, meta, source,
             f"got shape {x.shape}", code="bad_shape")
     if x.shape[0] == 0:
         raise DataError(f"{source} has no rows", code="empty")
+    if 0 in x.shape[1:]:
+        raise DataError(f"x in {source} has shape {x.shape}: no features to explain",
+                        code="empty")
     if y is not None and y.shape[0] != x.shape[0]:
         raise DataError(
             f"{source} has {x.shape[0]} rows of x but {y.shape[0]} labels in y",

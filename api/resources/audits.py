@@ -8,7 +8,7 @@ import logging
 from apiflask import APIBlueprint
 from flask import Response, current_app, url_for
 
-from api import db, services
+from api import db, limits, services
 from api.auth import auth, current_tenant_id
 from api.errors import abort
 from api.resources.datasets import get_dataset_or_404
@@ -75,6 +75,7 @@ def create_audit(json_data):
     model_row = get_model_or_404(json_data["model_id"])
     dataset_row = get_dataset_or_404(json_data["dataset_id"])
     config = validate_config(json_data["config"])
+    limits.check_audit_budget(model_row.spec or {}, config)
     previous_id = json_data.get("previous_audit_id")
     if previous_id is not None:
         previous = get_audit_or_404(previous_id)
@@ -86,6 +87,7 @@ def create_audit(json_data):
     except DataError:
         raise
     session = db.session()
+    limits.check_tenant_queue(session, current_tenant_id(), "audit")
     audit = services.create_audit(session, current_tenant_id(), model_row, dataset_row,
                                   config, previous_audit_id=previous_id)
     if not services.enqueue_audit(current_app.extensions["celery"], session, audit):

@@ -15,7 +15,7 @@ import numpy as np
 from apiflask import APIBlueprint
 from flask import current_app, url_for
 
-from api import db, jobwait
+from api import db, jobwait, limits
 from api.auth import auth, current_tenant_id
 from api.errors import abort
 from api.resources.models import get_model_or_404
@@ -39,6 +39,7 @@ def validate_instances(instances: list, spec: dict[str, Any]) -> np.ndarray:
     if len(instances) > max_rows:
         abort(422, "too_many_instances",
               f"{len(instances)} instances; at most {max_rows} per request")
+    limits.check_numeric_rows(instances)
     try:
         arr = np.asarray(instances, dtype=np.float64)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -77,11 +78,7 @@ def validate_method_and_options(method: str, options: dict[str, Any], target: An
     if unknown:
         abort(422, "bad_options",
               f"unknown option(s) {unknown[:5]} for {method}; allowed: {sorted(allowed)}")
-    cap = int(current_app.config["EXPLAIN_MAX_OPTION_INT"])
-    for key, value in options.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                not np.isfinite(value) or abs(value) > cap):
-            abort(422, "bad_options", f"option {key!r} must be finite and at most {cap}")
+    limits.check_option_types(options, int(current_app.config["EXPLAIN_MAX_OPTION_INT"]))
     width = None
     outputs = spec.get("outputs") or []
     if outputs and isinstance(outputs[0], dict):
@@ -131,8 +128,10 @@ def explain(json_data):
     options = json_data["options"]
     target = json_data["target"]
     validate_method_and_options(method, options, target, len(arr), spec)
+    limits.check_explain_budget(spec, method, len(arr), options)
 
     session = db.session()
+    limits.check_tenant_queue(session, current_tenant_id(), "explain")
     job = db.ExplainJob(tenant_id=current_tenant_id(), model_id=model_row.id, status="queued",
                         request={"instances": arr.tolist(), "method": method,
                                  "target": target, "options": options})

@@ -26,7 +26,7 @@ from apiflask.validators import Length, OneOf
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from flask import current_app
 
-from api import db
+from api import db, limits
 from api.auth import auth, current_tenant_id
 from api.errors import abort
 from api.resources.audits import check_data_fits_model, validate_config
@@ -227,6 +227,8 @@ def create_schedule(json_data):
     # The same check as POST /audits, on today's latest versions: a schedule that could
     # never run is refused now rather than failing at every cron time.
     check_data_fits_model(model_row, dataset_row)
+    limits.check_audit_budget(model_row.spec or {}, config)
+    limits.check_schedule_cap(db.session(), current_tenant_id())
     secret = f"whsec_{secrets.token_hex(32)}" if webhook_url else None
     row = db.Schedule(tenant_id=current_tenant_id(), cron=cron,
                       model_name=json_data["model_name"],
