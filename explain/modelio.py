@@ -72,6 +72,7 @@ REFUSAL_CODES = (
     "not_found",           # no such file
     "file_too_large",      # the file itself is over the size cap
     "model_too_large",     # the config declares a model over the budget (explain.budget)
+    "unsupported_model",   # a safe model of a kind xaudit cannot audit (several inputs, ...)
 )
 
 _MiB = 1024 * 1024
@@ -251,8 +252,9 @@ class ModelSpec:
         The model's name; the Keras version that saved it, when recorded.
     inputs, input_shape, input_kind
         All inputs; the first input's shape without the batch axis; and its kind:
-        ``image`` (H, W, C with C in 1..4), ``sequence`` (T, F), ``tabular`` (F,), or
-        ``other``.
+        ``image`` (H, W, C with C in 1..4), ``text`` (token ids into an ``Embedding``,
+        or strings into a ``TextVectorization`` layer), ``sequence`` (float (T, F)),
+        ``tabular`` (F,), or ``other``.
     outputs, task, final_activation
         Every head; the first head's task and activation.
     n_params
@@ -263,6 +265,13 @@ class ModelSpec:
         Layers with a 4-D spatial output (batch, H, W, C) with H, W > 1, nested ones as
         ``outer/inner``: the names the Grad-CAM ``layer`` option accepts, and the one it
         uses by default (the last).
+    text
+        For ``text`` models: ``embedding_layer``, ``vocab_size``, ``padding_id``,
+        ``mask_zero``, ``sequence_length``, ``string_input`` and ``vectorizer_layer`` (the
+        ``TextVectorization`` layer's name when the model takes raw strings); else None.
+    unsupported
+        Why xaudit cannot audit this model (several inputs, a multilabel head, ...), or
+        None. Intake accepts such a model for inspection; upload and audit refuse it.
     """
 
     format: str
@@ -284,6 +293,8 @@ class ModelSpec:
     #: Per-example cost from the config (:meth:`explain.budget.ModelCost.to_dict`), when
     #: the intake had a budget policy.
     cost: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    unsupported: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (lists, strings, numbers, ``None``)."""
@@ -308,6 +319,16 @@ class ModelSpec:
         for spec in self.inputs:
             lines.append(f"input       {spec.name} {shape(spec.shape)} {spec.dtype}")
         lines.append(f"input kind  {self.input_kind}")
+        if self.text:
+            t = self.text
+            via = (f"strings -> {t['vectorizer_layer']} -> " if t.get("string_input")
+                   else "token ids -> ")
+            lines.append(f"text        {via}{t['embedding_layer']}, vocabulary "
+                         f"{t['vocab_size']:,}, padding id {t['padding_id']}"
+                         + (" (masked)" if t.get("mask_zero") else "")
+                         + f", length {t.get('sequence_length') or 'variable'}")
+        if self.unsupported:
+            lines.append(f"auditable   no: {self.unsupported}")
         for head in self.outputs:
             lines.append(f"output      {head.name} {shape(head.shape)} {head.activation}"
                          f" -> {head.task}")
@@ -1326,15 +1347,94 @@ def _build_spec(model: keras.Model, *, fmt: str, sha256: str, file_size: int,
               for name, layer, depth in _walk_layers(model)]
     candidates = _gradcam_layer_names(model)
     input_shape = inputs[0].shape if inputs else []
+    text = _text_info(model) if len(inputs) == 1 else None
+    kind = "text" if text is not None else _input_kind(input_shape)
+    unsupported = _unsupported(model, inputs, heads, kind, text)
     return ModelSpec(
         format=fmt, sha256=sha256, file_size=int(file_size), model_name=str(getattr(model, "xaudit_display_name", model.name)),
         keras_version=keras_version, inputs=inputs, input_shape=input_shape,
-        input_kind=_input_kind(input_shape), outputs=heads,
+        input_kind=kind, outputs=heads,
         task=heads[0].task if heads else "unknown",
         final_activation=heads[0].activation if heads else "unknown",
         n_params=_count_params(model), layers=layers, gradcam_layers=candidates,
         gradcam_default=candidates[-1] if candidates else None,
+        text=text, unsupported=unsupported,
     )
+
+
+def _text_info(model: keras.Model) -> dict[str, Any] | None:
+    """What makes ``model`` a text model, or None: the ``Embedding`` that its (single)
+    input feeds, possibly through a ``TextVectorization`` layer taking raw strings."""
+    from explain.attributions.tokens import text_layers
+
+    vectorizer, emb = text_layers(model)
+    if emb is None and vectorizer is None:
+        return None
+    first = model.inputs[0]
+    if emb is None:
+        # strings into a vectorizer that does not feed an Embedding: text, but unsupported
+        return {"embedding_layer": None, "vocab_size": int(vectorizer.vocabulary_size()),
+                "padding_id": 0, "mask_zero": False, "string_input": True,
+                "vectorizer_layer": vectorizer.name, "sequence_length":
+                    getattr(vectorizer, "_output_sequence_length", None)}
+    length = None
+    if vectorizer is not None:
+        length = getattr(vectorizer, "_output_sequence_length", None)
+        vocab = int(vectorizer.vocabulary_size())
+    else:
+        shape = _shape(first) or []
+        length = shape[1] if len(shape) == 2 else None
+        vocab = int(emb.input_dim)
+    return {
+        "embedding_layer": emb.name,
+        "vocab_size": vocab,
+        "embedding_dim": int(emb.output_dim),
+        "padding_id": 0,
+        "mask_zero": bool(getattr(emb, "mask_zero", False)),
+        "string_input": vectorizer is not None,
+        "vectorizer_layer": None if vectorizer is None else vectorizer.name,
+        "sequence_length": None if length is None else int(length),
+    }
+
+
+def _unsupported(model: Any, inputs: list[InputSpec], heads: list[HeadSpec], kind: str,
+                 text: dict[str, Any] | None) -> str | None:
+    """Why xaudit cannot audit this model, or None."""
+    if len(inputs) != 1:
+        return f"the model has {len(inputs)} inputs; xaudit audits models with one input"
+    if not heads:
+        return "the model has no output"
+    head = heads[0]
+    if head.task == "multilabel":
+        return (f"the output {head.name!r} is a multilabel head (sigmoid over "
+                f"{head.width} units); xaudit audits softmax or single-sigmoid classifiers "
+                "and regressors")
+    if head.task == "unknown":
+        return f"the activation of the output {head.name!r} cannot be read"
+    if kind == "other":
+        return f"inputs of shape {tuple(inputs[0].shape)} are neither image, text, " \
+               "sequence nor tabular"
+    if text is not None:
+        if text["embedding_layer"] is None:
+            return ("the TextVectorization layer does not feed an Embedding layer; xaudit "
+                    "attributes text models through their Embedding")
+        if text["string_input"] and text.get("sequence_length") is None:
+            return ("the TextVectorization layer has no output_sequence_length; xaudit "
+                    "needs a fixed number of tokens per text")
+        if text.get("sequence_length") is None:
+            return "the token input has no fixed length; build the model with Input((T,))"
+        try:
+            from explain.attributions.tokens import token_model
+
+            token_model(model)
+        except ValueError as exc:
+            return str(exc)
+    elif inputs[0].dtype == "string":
+        return "the model takes strings but has no TextVectorization layer on its input"
+    if kind == "sequence" and any(d is None for d in inputs[0].shape):
+        return ("the sequence input has no fixed length and width; build the model with "
+                "Input((T, F))")
+    return None
 
 
 def _gradcam_layer_names(model: keras.Model) -> list[str]:

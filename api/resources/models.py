@@ -54,6 +54,10 @@ def upload_model(form_and_files_data):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if spec.unsupported:
+        # a safe model that xaudit cannot audit: refused now, never later in a worker
+        tmp.unlink(missing_ok=True)
+        abort(422, "unsupported_model", f"xaudit cannot audit this model: {spec.unsupported}")
     store = services.blobs()
     key, created = store.adopt(tmp, sha, suffix)
     session = db.session()

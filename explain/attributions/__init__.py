@@ -6,8 +6,10 @@ from explain.attributions import (  # noqa: F401
     integrated_gradients,
     occlusion,
     saliency,
+    sequences,
     shap_values,
     smoothgrad,
+    tokens,
 )
 from explain.attributions.base import Attribution, ModelFunction
 from explain.attributions.registry import METHODS, attribute, explain, method_info

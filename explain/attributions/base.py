@@ -279,7 +279,7 @@ def compiled(mf: ModelFunction, kind: str, build: Callable[[ModelFunction], Any]
     A cached entry was built on an earlier ModelFunction of the same model; its
     pre-activation twin (``logits=True``) is re-synced so later weight updates are seen.
     """
-    key = (kind, id(mf.model), mf.output_index, mf.logits)
+    key = (kind, id(mf.model), mf.output_index, mf.logits, getattr(mf, "space", "input"))
     hit = _COMPILED.get(key)
     if hit is not None and hit[0] is mf.model:
         _COMPILED.move_to_end(key)

@@ -30,6 +30,7 @@ from explain.attributions.base import (
     Attribution,
     ModelFunction,
     _output_layer,
+    check_bool,
     gather_targets,
     model_input_shape,
 )
@@ -436,6 +437,16 @@ def _grad_cam(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_si
     Ref. Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
     Gradient-based Localization", ICCV 2017.
     """
+    if x.ndim == 3:
+        # a float sequence (N, T, F): Grad-CAM over time on a Conv1D / recurrent layer
+        from explain.attributions.sequences import grad_cam_1d
+
+        maps, name = grad_cam_1d(mf.model, x, targets, layer=layer, batch_size=batch_size,
+                                 output=mf.output_index)
+        if check_bool("normalize", normalize):
+            maps = maps / np.maximum(maps.max(axis=1, keepdims=True), 1e-12)
+        return Attribution(values=maps, method="grad_cam", targets=targets,
+                           extra={"layer": name})
     return _run("grad_cam", mf, x, targets, batch_size=batch_size, layer=layer,
                 normalize=normalize)
 

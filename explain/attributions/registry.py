@@ -118,6 +118,12 @@ def explain(
     model scores and, for IG and SHAP, the per-example completeness gap.
     """
     info = method_info(method)
+    from explain.attributions.tokens import explain_tokens, token_model
+
+    text = token_model(model) if not isinstance(model, str) else None
+    if text is not None:
+        # token ids (or strings) into an Embedding: one score per token, (N, T)
+        return explain_tokens(text, x, method, target, options)
     unknown = set(options) - info.options - COMMON_OPTIONS
     if unknown:
         allowed = sorted(info.options | COMMON_OPTIONS)

@@ -160,6 +160,11 @@ def _resolve_grouping(x: np.ndarray, groups: Any, grid: Any, feature_groups: Any
             "groups and grid apply to image inputs (N, H, W, C); for other inputs use "
             "feature_groups"
         )
+    if x.ndim == 3 and feature_groups is None:
+        # a float sequence (T, F): players are time windows x channels, like image regions
+        from explain.attributions.sequences import sequence_groups
+
+        feature_groups = sequence_groups(x.shape[1:])
     return tabular_groups(x.shape[1:], feature_groups)
 
 
