@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from explain._backend import keras, tf
+from explain._backend import tf
 from explain.attributions.base import check_positive_int, gather_targets
 
 #: Layer classes whose output has a time axis Grad-CAM may use.

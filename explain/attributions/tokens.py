@@ -349,8 +349,10 @@ def _gradient_x_input(tm, mf, ids, targets, batch_size, *, noise=0.0, samples=1,
     for rows, draws in stream_chunks(len(ids), samples, batch_size):
         batch = z[rows].copy()
         if noise > 0:
-            eps = np.stack([np.random.default_rng([seed, int(r), int(d)]).standard_normal(
-                emb.shape[1:]) for r, d in zip(rows, draws, strict=True)])
+            # draw d of every row uses the same noise, so a row's result does not depend
+            # on which other rows were passed with it
+            eps = np.stack([np.random.default_rng([seed, int(d)]).standard_normal(
+                emb.shape[1:]) for d in draws])
             batch[..., :-1] += (eps * sigma[rows, None, None]).astype(np.float32)
         g, s = grad(batch, targets[rows])
         np.add.at(acc, rows, g.numpy()[..., :-1].astype(np.float64))
@@ -456,6 +458,8 @@ def token_shap_values(mf: ModelFunction, ids: np.ndarray, targets: np.ndarray, *
         else:
             perms = co.antithetic_permutations(m, n_pairs, rng)
             masks, index = co.permutation_design(perms)
+            # then the empty and the full coalition
+            masks = np.concatenate([masks, np.zeros((1, m), bool), np.ones((1, m), bool)])
         rows = np.repeat(ids[r][None], len(masks), axis=0)
         sub = rows[:, players]
         sub[~masks] = mask_id
@@ -487,12 +491,8 @@ def token_shap_values(mf: ModelFunction, ids: np.ndarray, targets: np.ndarray, *
             phi = co.exact_shapley(vr[None], masks)[0]
             v_empty[r], v_full[r] = vr[0], vr[-1]
         else:
-            masks = co.permutation_design(perms)[0]
-            sizes = masks.sum(axis=1)
-            e_i = int(np.flatnonzero(sizes == 0)[0])
-            f_i = int(np.flatnonzero(sizes == len(players))[0])
-            v_empty[r], v_full[r] = vr[e_i], vr[f_i]
-            phi = co.permutation_solve(perms, index, vr[None], v_empty[r:r + 1],
+            v_empty[r], v_full[r] = vr[-2], vr[-1]
+            phi = co.permutation_solve(perms, index, vr[None, :-2], v_empty[r:r + 1],
                                        v_full[r:r + 1])[0]
         values[r, players] = phi
     return values.astype(np.float32), {"estimator": kinds, "model_rows": int(len(stream)),
@@ -528,7 +528,7 @@ def _occlusion(tm, mf, ids, targets, batch_size, *, window, mask_id):
     counts = np.zeros((n, t))
     for rows, pos in stream_chunks(n, len(starts), batch_size):
         batch = ids[rows].copy()
-        for k, (r, p) in enumerate(zip(rows, pos, strict=True)):
+        for k, p in enumerate(pos):
             batch[k, starts[p] : starts[p] + window] = mask
         s = _scores_of(mf, batch, targets[rows], batch_size)
         for k, (r, p) in enumerate(zip(rows, pos, strict=True)):

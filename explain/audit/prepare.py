@@ -16,7 +16,7 @@ from explain.audit.examples import choose_examples
 from explain.audit.importance import global_method, method_is_cheap
 from explain.audit.plan import AuditPlan
 from explain.audit.stages import Progress, Stages
-from explain.errors import DataError
+from explain.errors import DataError, ModelIntakeError
 from explain.result import to_jsonable
 
 #: Coalitions per image for SHAP's kernel estimator when the config does not say.
@@ -87,6 +87,9 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
     if loaded is None:
         loaded = load_model(model_path)
     model, spec = loaded
+    if getattr(spec, "unsupported", None):
+        raise ModelIntakeError(f"xaudit cannot audit this model: {spec.unsupported}",
+                               code="unsupported_model")
     if spec.input_kind not in ("image", "tabular"):
         raise ValueError(f"xaudit audits image and tabular models; this model's input is "
                          f"{spec.input_kind} with shape {spec.input_shape}")
