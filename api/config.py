@@ -39,6 +39,11 @@ def defaults() -> dict[str, Any]:
         # Integer options (steps, samples, ...) above this are refused: they bound the work
         # one request can ask of a worker.
         "EXPLAIN_MAX_OPTION_INT": 4096,
+        # Webhooks: hosts they may go to ("example.com", "*.example.com"; empty: any
+        # public host), and whether private/loopback addresses are allowed (an internal
+        # receiver; a host named exactly on the list may be private anyway).
+        "WEBHOOK_ALLOWED_HOSTS": "",
+        "WEBHOOK_ALLOW_PRIVATE": False,
         # Per tenant: queued or running audits / explain jobs, and schedules; over the cap
         # a request is answered 429 with Retry-After.
         "MAX_QUEUED_AUDITS": 10,

@@ -43,13 +43,13 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from celery import shared_task
 from flask import current_app, url_for
 
 from api import db
+from api import webhook_policy as _policy
 
 log = logging.getLogger("xaudit.webhooks")
 
@@ -114,25 +114,8 @@ def verify_signature(secret: str, headers: Any, body: bytes, now: float | None =
     return hmac.compare_digest(signature(secret, ts, body), sent)
 
 
-def host_allowed(host: str, allowed: Sequence[str]) -> bool:
-    """Whether ``host`` is on the operator's list (an empty list allows every host).
-
-    ``example.com`` allows exactly that host; ``*.example.com`` allows its subdomains.
-    """
-    if not allowed:
-        return True
-    host = host.lower().rstrip(".")
-    for entry in allowed:
-        entry = entry.lower().rstrip(".")
-        if entry.startswith("*."):
-            if host.endswith(entry[1:]):
-                return True
-        elif host == entry:
-            return True
-    return False
-
-
-# --------------------------------------------------------------------------- sending
+# Where webhooks may go is decided in api.webhook_policy (also at creation time).
+host_allowed = _policy.host_allowed
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -265,11 +248,9 @@ def deliver_webhook(self, audit_id: str) -> dict[str, Any]:
 
 
 def _deliver(audit_id: str) -> dict[str, Any]:
-    from urllib.parse import urlsplit
-
     import requests
 
-    from api.resources.schedules import allowed_hosts
+    from api.resources.schedules import allow_private_webhooks, allowed_hosts
 
     session = db.session()
     audit = session.get(db.Audit, audit_id)
@@ -278,12 +259,16 @@ def _deliver(audit_id: str) -> dict[str, Any]:
     schedule = session.get(db.Schedule, audit.schedule_id)
     if schedule is None or not schedule.webhook_url or not schedule.webhook_secret:
         return {"status": "skipped"}  # deleted, or the webhook removed, since the run
-    url = schedule.webhook_url
-    host = urlsplit(url).hostname or ""
-    if urlsplit(url).scheme not in ("http", "https") or not host_allowed(host,
-                                                                         allowed_hosts()):
-        log.warning("schedule %s: webhook host %r is not allowed; not sent", schedule.id, host)
-        return {"status": "refused"}
+    # Checked again now, after resolving the name: the address posted to is the one
+    # judged public (a name re-pointed at 127.0.0.1 since creation is refused here).
+    try:
+        target, address = _policy.resolve_public(schedule.webhook_url, allowed_hosts(),
+                                                 allow_private_webhooks())
+    except _policy.WebhookRefused as exc:
+        log.warning("schedule %s: webhook not sent: %s", schedule.id, exc.message)
+        return {"status": "refused", "reason": exc.message}
+    except OSError as exc:
+        raise _RetryLater(f"cannot resolve the webhook host: {exc}") from exc
     body_obj = payload(audit, schedule)
     body = json.dumps(body_obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
     ts = str(int(time.time()))
@@ -296,8 +281,7 @@ def _deliver(audit_id: str) -> dict[str, Any]:
         EVENT_HEADER: body_obj["event"],
     }
     try:
-        resp = requests.post(url, data=body, headers=headers, timeout=TIMEOUT,
-                             allow_redirects=False)
+        resp = _post_pinned(target, address, body, headers)
     except requests.RequestException as exc:
         raise _RetryLater(f"{type(exc).__name__}: {exc}") from exc
     if resp.status_code == 429 or resp.status_code >= 500:
@@ -307,3 +291,34 @@ def _deliver(audit_id: str) -> dict[str, Any]:
                     resp.status_code)
         return {"status": "rejected", "http_status": resp.status_code}
     return {"status": "delivered", "http_status": resp.status_code}
+
+
+def _post_pinned(target, address: str, body: bytes, headers: dict[str, str]):
+    """POST to ``address`` (already checked) while speaking to ``target.host``: the Host
+    header, TLS SNI and certificate check all use the name, so no second DNS lookup can
+    send the request elsewhere."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    parts = urlsplit(target.url)
+    ip_host = f"[{address}]" if ":" in address else address
+    pinned = urlunsplit((parts.scheme, f"{ip_host}:{target.port}", parts.path or "/",
+                         parts.query, ""))
+    default_port = 443 if target.scheme == "https" else 80
+    host_header = target.host if target.port == default_port else \
+        f"{target.host}:{target.port}"
+
+    class _Pinned(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            kwargs["server_hostname"] = target.host
+            kwargs["assert_hostname"] = target.host
+            super().init_poolmanager(*args, **kwargs)
+
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy from the environment: the address is checked
+        if target.scheme == "https":
+            session.mount("https://", _Pinned())
+        return session.post(pinned, data=body, headers={**headers, "Host": host_header},
+                            timeout=TIMEOUT, allow_redirects=False)

@@ -31,7 +31,6 @@ from api.auth import auth, current_tenant_id
 from api.errors import abort
 from api.resources.audits import check_data_fits_model, validate_config
 from api.schemas import ListQuery, Name, ScheduleListOut
-from worker.webhooks import host_allowed
 
 bp = APIBlueprint("schedules", __name__, tag="Schedules")
 
@@ -42,7 +41,6 @@ _CRON_FIELD = re.compile(r"^[0-9A-Za-z*,/\-]+$")
 _CRON_EXTENSIONS = re.compile(r"(^|[^a-z])[hr]([^a-z]|$)", re.IGNORECASE)
 #: A schedule must fire at least once in this long: "0 0 30 2 *" (February 30th) never does.
 MAX_GAP = timedelta(days=366 * 5)
-WEBHOOK_SCHEMES = ("http", "https")
 
 
 class ScheduleCreateIn(Schema):
@@ -127,29 +125,24 @@ def allowed_hosts() -> list[str]:
     return [str(h).strip().lower() for h in raw if str(h).strip()]
 
 
+def allow_private_webhooks() -> bool:
+    """``XAUDIT_WEBHOOK_ALLOW_PRIVATE``: webhooks may go to private and loopback hosts."""
+    raw = current_app.config.get("WEBHOOK_ALLOW_PRIVATE")
+    if isinstance(raw, str):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return bool(raw)
+
+
 def validate_webhook_url(url: str) -> str:
-    """An http(s) URL with a host (and an allowed one, when the operator set a list)."""
-    from urllib.parse import urlsplit
+    """An http(s) URL to a public host (and an allowed one, when the operator set a list);
+    see :mod:`api.webhook_policy`."""
+    from api.webhook_policy import WebhookRefused, check_url
 
     url = url.strip()
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError for a port out of range
-    except ValueError:
-        abort(422, "bad_webhook_url", "webhook_url is not a valid URL")
-    # Only http(s): file:, gopher:, ftp: and friends would turn the worker into a tool
-    # for reading or poking at things the tenant cannot reach.
-    if parts.scheme.lower() not in WEBHOOK_SCHEMES:
-        abort(422, "bad_webhook_url", "webhook_url must be an http:// or https:// URL")
-    if not host:
-        abort(422, "bad_webhook_url", "webhook_url has no host")
-    if parts.username or parts.password:
-        abort(422, "bad_webhook_url",
-              "webhook_url must not carry credentials; verify the signature instead")
-    if not host_allowed(host, allowed_hosts()):
-        abort(422, "webhook_host_not_allowed",
-              f"this server only sends webhooks to: {', '.join(allowed_hosts())}")
+        check_url(url, allowed_hosts(), allow_private_webhooks())
+    except WebhookRefused as exc:
+        abort(422, exc.code, exc.message)
     return url
 
 

@@ -292,7 +292,8 @@ def test_a_failed_run_sends_the_critical_webhook(tmp_path, mlp_file, data_file):
     from worker.beat import dispatch_due
     from worker.webhooks import verify_signature
 
-    app = make_app(tmp_path)
+    # The receiver listens on 127.0.0.1: a private address, allowed by the operator here.
+    app = make_app(tmp_path, WEBHOOK_ALLOW_PRIVATE=True)
     try:
         client = app.test_client()
         headers = bearer(new_key(app, "acme"))
@@ -365,7 +366,8 @@ def test_schedule_fires_and_second_run_carries_drift_and_signed_webhook(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = base_env(tmp_path / "data", XAUDIT_REDIS_URL=redis_db,
-                   XAUDIT_DATABASE_URL=pg_schema_url, XAUDIT_PUBLIC_URL=base)
+                   XAUDIT_DATABASE_URL=pg_schema_url, XAUDIT_PUBLIC_URL=base,
+                   XAUDIT_WEBHOOK_ALLOW_PRIVATE="true")
     key = create_key(tmp_path / "data", "acme", env)
     procs.start("worker", [str(BIN / "celery"), "-A", "worker.celery_app", "worker",
                            "-Q", "attributions,default", "--pool", "solo", "-c", "1",
