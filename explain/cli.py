@@ -214,6 +214,10 @@ def _summary_lines(result) -> list[str]:
               help="Labelled data: an .npz (arrays x, y), a .csv (with --label) or a "
                    "bundled data set name.")
 @click.option("--label", default=None, help="The label column of a .csv file.")
+@click.option("--sensitive", default=None, metavar="COL[,COL]",
+              help="Sensitive attributes to audit for group fairness: .csv columns kept out "
+                   "of the model's inputs, or names among an .npz's sensitive_names "
+                   "(default: all an .npz holds).")
 @click.option("--out", default="report.html", show_default=True,
               type=click.Path(dir_okay=False), help="Where to write the HTML report.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
@@ -234,8 +238,8 @@ def _summary_lines(result) -> list[str]:
               help="Model name in the report (default: the file name).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
-def audit_cmd(model_path: str, data_path: str, label: str | None, out: str,
-              json_out: str | None, methods: tuple[str, ...], samples: int | None, seed: int,
+def audit_cmd(model_path: str, data_path: str, label: str | None, sensitive: str | None,
+              out: str, json_out: str | None, methods: tuple[str, ...], samples: int | None, seed: int,
               config_path: str | None, previous: str | None, model_name: str | None,
               quiet: bool) -> None:
     """Audit MODEL on labelled DATA and write a self-contained HTML report.
@@ -264,9 +268,11 @@ def audit_cmd(model_path: str, data_path: str, label: str | None, out: str,
         config["methods"] = names
     if samples is not None:
         config["samples"] = samples
+    if sensitive is not None:
+        config["sensitive"] = [c.strip() for c in sensitive.split(",") if c.strip()]
     config["seed"] = seed
     cfg = AuditConfig.from_dict(config)
-    data = load_any(data_path, label=label, seed=seed)
+    data = load_any(data_path, label=label, seed=seed, sensitive=cfg.sensitive)
     bars = _StageBars(enabled=not quiet)
     try:
         result = run_audit(model_path, data, cfg, progress=bars, previous=previous,

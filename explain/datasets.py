@@ -65,6 +65,7 @@ __all__ = [
     "load_bundled",
     "load_data_file",
     "parse_sensitive",
+    "select_sensitive",
     "validate_for_model",
 ]
 
@@ -529,6 +530,17 @@ def _npz_sensitive(npz: Any, keys: set[str], source: str) -> dict[str, np.ndarra
     if len(set(names)) != len(names):
         raise DataError(f"sensitive_names in {source} repeats a name", code="bad_sensitive")
     return {name: table[:, j] for j, name in enumerate(names)}
+
+
+def select_sensitive(ds: Dataset, sensitive: Sequence[str] | str | None) -> Dataset:
+    """``ds`` keeping only the named sensitive attributes (all of them for None).
+
+    Raises
+    ------
+    DataError
+        ``bad_sensitive`` when a named attribute is not in the data.
+    """
+    return _select_sensitive(ds, parse_sensitive(sensitive), ds.name)
 
 
 def _select_sensitive(ds: Dataset, wanted: list[str], source: str) -> Dataset:
@@ -1084,7 +1096,7 @@ LENDING_PROXY = "district_index"
 LENDING_GROUPS = ("A", "B")
 
 
-def _lending(seed: int = 0, bias: bool = True, penalty: float = 0.5, n: int = 2000,
+def _lending(seed: int = 0, bias: bool = True, penalty: float = 0.6, n: int = 3000,
              minority: float = 0.4, proxy_spread: float = 0.15) -> Dataset:
     """A loan-approval table whose historical labels penalise one group.
 

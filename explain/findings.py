@@ -2,7 +2,7 @@
 
 Each finding is ``{code, severity, message, evidence}`` with severity ``info``, ``warning``
 or ``critical``. Rules read the measured sections of report.json (``performance``,
-``global_importance``, ``explanation_quality``, ``agreement``, ``drift``) and, for the
+``global_importance``, ``explanation_quality``, ``agreement``, ``drift``, ``fairness``) and, for the
 image shortcut rule, the per-example attribution maps. Every threshold lives in
 :class:`FindingThresholds`, documented there, and can be overridden from the audit config
 (``config["thresholds"]``).
@@ -76,6 +76,40 @@ class FindingThresholds:
         Expected calibration error above this is poor calibration.
     drift_min_ndcg
         nDCG of global importance against the previous audit below this is drift.
+    fairness_min_group
+        Groups of a sensitive attribute with fewer rows are reported but never judged:
+        their rates are too noisy (a group of 10 has a selection-rate interval about
+        ±0.3 wide). An attribute needs two groups this large to be audited at all.
+    disparity_max_difference
+        A difference measure (demographic parity, equalized odds, equal opportunity,
+        accuracy) is a ``group_disparity`` when the **lower end** of its bootstrap
+        interval reaches this: the gap is larger than this with confidence, so a small
+        group's noise does not raise an alarm ...
+    disparity_min_ratio
+        ... and the demographic-parity ratio is one when the **upper end** of its
+        interval is below this (the four-fifths rule). Measured on the ``lending``
+        twins (``python bench/fairness.py --seeds 0,1,2,3,4,5,6,7``, 600 test rows,
+        95 % basic-bootstrap intervals): on the biased models the lower ends reach
+        0.18-0.30 (demographic parity) and 0.24-0.58 (equalized odds) for ``group``; on
+        the clean twins no lower end of any gap passes 0.02 for ``group`` and 0.06 for
+        the unrelated, binned ``age``. The ratio's upper end is 0.50-0.66 on the biased
+        models and at least 0.85 on the clean ones.
+    disparity_max_relative_error
+        Regression: a gap in mean error or MAE between groups is a disparity when the
+        lower end of its interval reaches this share of the overall MAE.
+    proxy_min_auc
+        A model input is a proxy of a sensitive attribute when a small classifier that
+        sees only that input predicts the group with at least this ROC AUC ...
+    proxy_min_share
+        ... and the input carries at least this share of the model's global importance.
+        Measured on the ``lending`` twins (seeds 0-7): ``district_index`` predicts the
+        group with AUC 0.95-0.97 on the biased twins and 0.43-0.55 on the clean ones
+        (every other input: at most 0.56); it holds 0.07-0.13 of the importance of the
+        biased models (seven inputs: an even share would be 0.14). Permuting it brings
+        the demographic-parity difference from 0.25-0.36 down to 0.01-0.11.
+    disparity_drift_min_change
+        A scheduled audit reports ``disparity_drift`` when a gap moved by at least this
+        much since the previous audit and the two intervals do not overlap.
     """
 
     shortcut_grid: int = 8
@@ -93,6 +127,13 @@ class FindingThresholds:
     weak_class_min_support: int = 5
     poor_calibration_ece: float = 0.10
     drift_min_ndcg: float = 0.9
+    fairness_min_group: int = 30
+    disparity_max_difference: float = 0.10
+    disparity_min_ratio: float = 0.8
+    disparity_max_relative_error: float = 0.25
+    proxy_min_auc: float = 0.75
+    proxy_min_share: float = 0.05
+    disparity_drift_min_change: float = 0.05
 
     @classmethod
     def from_config(cls, overrides: Mapping[str, Any] | None) -> FindingThresholds:
@@ -497,6 +538,155 @@ def _drift_size(item: Mapping[str, Any]) -> float:
         return abs(float(change))
     scores = [item.get("score"), item.get("previous_score")]
     return max((abs(float(v)) for v in scores if v is not None), default=0.0)
+
+
+# ----------------------------------------------------------------------------- fairness
+# These rules read report["fairness"] (explain/fairness.py measures it). Thresholds were
+# set from the bundled lending twins (bench/fairness.py, seeds 0-4): see FindingThresholds.
+
+_DISPARITY_TEXT = {
+    "demographic_parity_difference": "gap in approval (selection) rate",
+    "demographic_parity_ratio": "ratio of the lowest to the highest selection rate",
+    "equalized_odds_difference": "gap in error rates (equalized odds)",
+    "equal_opportunity_difference": "gap in true positive rate (equal opportunity)",
+    "accuracy_difference": "gap in accuracy",
+    "mean_error_difference": "gap in mean signed error",
+    "mae_difference": "gap in mean absolute error",
+}
+
+
+def disparity_verdict(d: Mapping[str, Any], th: FindingThresholds,
+                      error_scale: float | None = None) -> tuple[bool, float]:
+    """Whether one measured gap is a disparity, and the threshold it was judged against.
+
+    A difference counts when the lower end of its interval reaches the threshold (the
+    gap is that large with confidence); the demographic-parity ratio when the upper end
+    of its interval is below the four-fifths threshold. Regression gaps are judged
+    against a share of the overall mean absolute error (``error_scale``).
+    """
+    lo, hi = (list(d.get("interval") or [None, None]) + [None, None])[:2]
+    if d.get("kind") == "ratio":
+        return hi is not None and float(hi) < th.disparity_min_ratio, th.disparity_min_ratio
+    if d.get("metric") in ("mean_error_difference", "mae_difference"):
+        if not error_scale:
+            return False, float("nan")
+        limit = th.disparity_max_relative_error * float(error_scale)
+        return lo is not None and float(lo) >= limit, limit
+    limit = th.disparity_max_difference
+    return lo is not None and float(lo) >= limit, limit
+
+
+def _fairness_attributes(inputs: FindingInputs):
+    section = inputs.report.get("fairness") or {}
+    for attr in section.get("attributes") or []:
+        yield section, attr
+
+
+@rule("group_disparity")
+def _group_disparity(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    out = []
+    for section, attr in _fairness_attributes(inputs):
+        small = [g["group"] for g in attr.get("groups") or [] if g.get("small")]
+        for d in attr.get("disparities") or []:
+            flagged, limit = disparity_verdict(d, th, section.get("error_scale"))
+            if not flagged or d.get("value") is None:
+                continue
+            lo, hi = d["interval"]
+            a, b = (list(d.get("groups") or []) + ["?", "?"])[:2]
+            ratio = d.get("kind") == "ratio"
+            severe = (float(hi) < limit - 0.2) if ratio else float(lo) >= 2 * limit
+            text = _DISPARITY_TEXT.get(d["metric"], d["metric"].replace("_", " "))
+            pos = section.get("positive_class")
+            out.append(Finding(
+                code="group_disparity",
+                severity="critical" if severe else "warning",
+                message=(
+                    f"The model treats {attr['name']!r} groups differently: the {text} "
+                    f"between {a!r} and {b!r} is {float(d['value']):.2f} (95% interval "
+                    f"{float(lo):.2f}-{float(hi):.2f}), "
+                    + (f"below the four-fifths threshold {limit:.2f}"
+                       if ratio else f"above the threshold {limit:.2f}")
+                    + (f" (favourable outcome: {pos!r})." if pos and "parity" in d["metric"]
+                       else ".")
+                ),
+                evidence={"attribute": attr["name"], "metric": d["metric"],
+                          "groups": [a, b], "value": float(d["value"]),
+                          "interval": [float(lo), float(hi)], "threshold": limit,
+                          "kind": d.get("kind"), "small_groups_not_judged": small,
+                          "min_group": section.get("min_group")},
+            ))
+    return out
+
+
+#: The gap a proxy's ablation is reported on, in order of preference.
+_HEADLINE_GAPS = ("demographic_parity_difference", "equalized_odds_difference",
+                  "accuracy_difference", "mean_error_difference")
+
+
+@rule("proxy_feature")
+def _proxy_feature(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    out = []
+    for section, attr in _fairness_attributes(inputs):
+        flagged = {d["metric"] for d in attr.get("disparities") or []
+                   if disparity_verdict(d, th, section.get("error_scale"))[0]}
+        for p in attr.get("proxies") or []:
+            if (float(p.get("auc", 0)) < th.proxy_min_auc
+                    or float(p.get("attribution_share", 0)) < th.proxy_min_share):
+                continue
+            with_, without = p.get("disparity_with") or {}, p.get("disparity_without") or {}
+            metric = next((m for m in _HEADLINE_GAPS if m in with_), None)
+            carried = None
+            gap_text = ""
+            if metric is not None and with_.get(metric):
+                carried = 1.0 - float(without[metric]) / float(with_[metric])
+                gap_text = (f" Permuting it changes the {metric.replace('_', ' ')} from "
+                            f"{float(with_[metric]):.2f} to {float(without[metric]):.2f}"
+                            f" ({max(carried, 0.0):.0%} of the gap goes with it).")
+            out.append(Finding(
+                code="proxy_feature",
+                severity="critical" if flagged and (carried or 0) >= 0.5 else "warning",
+                message=(
+                    f"Input {p['feature']!r} stands in for the sensitive attribute "
+                    f"{attr['name']!r}: it alone predicts the group with AUC "
+                    f"{float(p['auc']):.2f}, and it carries "
+                    f"{float(p['attribution_share']):.0%} of the model's attribution."
+                    + gap_text
+                ),
+                evidence={"feature": p["feature"], "attribute": attr["name"],
+                          "auc": float(p["auc"]),
+                          "mutual_information": p.get("mutual_information"),
+                          "attribution_share": float(p["attribution_share"]),
+                          "disparity_with": with_ or None,
+                          "disparity_without": without or None,
+                          "headline_metric": metric, "share_of_gap_carried": carried,
+                          "disparities_flagged": sorted(flagged),
+                          "thresholds": {"proxy_min_auc": th.proxy_min_auc,
+                                         "proxy_min_share": th.proxy_min_share}},
+            ))
+    return out
+
+
+@rule("disparity_drift")
+def _disparity_drift(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    section = inputs.report.get("fairness") or {}
+    out = []
+    for item in section.get("drift") or []:
+        change = float(item["change"])
+        if abs(change) < th.disparity_drift_min_change:
+            continue
+        a = item.get("previous_interval") or [None, None]
+        b = item.get("interval") or [None, None]
+        if None not in (*a, *b) and float(a[0]) <= float(b[1]) and float(b[0]) <= float(a[1]):
+            continue  # the intervals overlap: the move is within the noise
+        out.append(Finding(
+            code="disparity_drift", severity="warning",
+            message=(f"The {item['metric'].replace('_', ' ')} between {item['attribute']!r} "
+                     f"groups moved from {float(item['previous']):.2f} to "
+                     f"{float(item['current']):.2f} since the previous audit."),
+            evidence={**item, "threshold": th.disparity_drift_min_change,
+                      "previous_audit": section.get("drift_previous_audit")},
+        ))
+    return out
 
 
 def ndcg(previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]],

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from explain.audit.context import AuditContext
+from explain.audit.fairness import fairness_section
 from explain.audit.importance import global_importance, image_map
 from explain.audit.plan import AuditPlan
 from explain.audit.prepare import load_model
@@ -107,6 +108,7 @@ def assess_in(stages: Stages, plan: AuditPlan,
         "agreement": agreement,
         "findings": [],
         "drift": None,
+        "fairness": None,
         "config": {**cfg.to_dict(), "methods": methods,
                    "method_options": meta["options_for_report"], "notes": notes},
         "environment": _versions(cfg.seed),
@@ -124,6 +126,10 @@ def assess_in(stages: Stages, plan: AuditPlan,
                        "correct": bool(int(labels[j]) == int(preds[j]))}
         report["examples"].append({"index": int(row), **example, "reason": reasons[j],
                                    "completeness_gap": gaps})
+
+    # ---- group fairness (before the findings: the fairness rules read it)
+    stages.start("fairness")
+    report["fairness"] = fairness_section(ctx, importance, thresholds, prev)
 
     # ---- drift (before the findings: the drift rule reads it)
     stages.start("drift")

@@ -76,6 +76,13 @@ class AuditConfig:
         Switches of the quality checks (see :data:`QUALITY_CHECKS`).
     method_options
         Per-method option overrides, e.g. ``{"shap": {"estimator": "permutation"}}``.
+    sensitive
+        Sensitive attributes to audit for group fairness: columns of a ``.csv`` taken out
+        of the model's inputs, or names among an ``.npz``'s ``sensitive_names`` (None: all
+        the data holds). See :mod:`explain.fairness`.
+    fairness
+        Options of the fairness section (:class:`explain.fairness.FairnessOptions`: bins
+        of continuous attributes, the favourable class, bootstrap replicates, ...).
     """
 
     methods: tuple[str, ...] | None = None
@@ -92,6 +99,8 @@ class AuditConfig:
     thresholds: dict[str, float] = field(default_factory=dict)
     quality: dict[str, bool] = field(default_factory=lambda: dict(QUALITY_CHECKS))
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sensitive: tuple[str, ...] | None = None
+    fairness: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from explain.attributions.registry import METHODS
@@ -141,6 +150,21 @@ class AuditConfig:
                 raise ValueError(f"method_options names unknown method {name!r}")
             if not isinstance(opts, Mapping):
                 raise TypeError(f"method_options.{name} must be a mapping of options")
+        if self.sensitive is not None:
+            from explain.datasets import parse_sensitive
+            from explain.errors import DataError
+
+            try:
+                names = parse_sensitive(self.sensitive)
+            except DataError as exc:
+                raise ValueError(f"config sensitive: {exc}") from None
+            if not names:
+                raise ValueError("config sensitive is empty; name at least one attribute "
+                                 "or leave it out")
+            object.__setattr__(self, "sensitive", tuple(names))
+        from explain.fairness import FairnessOptions
+
+        FairnessOptions.from_config(self.fairness)  # raises on unknown names / values
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> AuditConfig:
@@ -165,7 +189,9 @@ class AuditConfig:
         values = dict(data)
         if values.get("methods") is not None and isinstance(values["methods"], list):
             values["methods"] = tuple(values["methods"])
-        for key in ("thresholds", "quality", "method_options"):
+        if isinstance(values.get("sensitive"), list):
+            values["sensitive"] = tuple(values["sensitive"])
+        for key in ("thresholds", "quality", "method_options", "fairness"):
             if values.get(key) is None:
                 values.pop(key, None)
         return cls(**values)
@@ -174,6 +200,7 @@ class AuditConfig:
         """The config as JSON types (what report.json records under ``config``)."""
         out = dataclasses.asdict(self)
         out["methods"] = None if self.methods is None else list(self.methods)
+        out["sensitive"] = None if self.sensitive is None else list(self.sensitive)
         return to_jsonable(out)
 
 

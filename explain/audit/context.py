@@ -4,7 +4,7 @@ and the merged attributions (instead of long lists of positional arguments)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +50,11 @@ class AuditContext:
         Each method's options, arrays included.
     attributions
         Each method's attribution of the explained rows.
+    sensitive
+        Sensitive attributes of every row (name → ``(N,)`` values), not model inputs.
+    global_attribution
+        ``(rows, values, method)`` the tabular global importance was computed from (set
+        by the global-importance stage; the fairness stage groups them).
     """
 
     plan: AuditPlan
@@ -69,6 +74,8 @@ class AuditContext:
     global_rows: np.ndarray | None
     options: dict[str, dict[str, Any]]
     attributions: dict[str, Attribution]
+    sensitive: dict[str, np.ndarray] = field(default_factory=dict)
+    global_attribution: tuple[np.ndarray, np.ndarray, str] | None = None
 
     @classmethod
     def from_plan(cls, plan: AuditPlan,
@@ -83,7 +90,9 @@ class AuditContext:
             x=arr["x"], y=arr["y"], pred_all=arr["pred_all"], proba=arr.get("proba"),
             idx=arr["idx"], global_rows=arr.get("global_rows"),
             options={m: plan.options(m) for m in methods},
-            attributions=merge_chunks(plan, chunks))
+            attributions=merge_chunks(plan, chunks),
+            sensitive={k[len("sensitive."):]: v for k, v in arr.items()
+                       if k.startswith("sensitive.")})
 
     @property
     def xs(self) -> np.ndarray:

@@ -35,6 +35,7 @@ def global_importance(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, np.n
             groups = ctx.pred_all[rows]
         else:
             rows, values, groups = idx, attributions[method].values, preds
+        ctx.global_attribution = (np.asarray(rows), np.asarray(values), method)
         items = explain_global(values, ctx.feature_names)
         section = {"method": method, "kind": "tabular", "items": items, "grid": None}
         if not ctx.regression:

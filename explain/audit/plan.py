@@ -41,7 +41,8 @@ class AuditPlan:
         and the preparation stages' timings.
     arrays
         ``x``, ``y`` (every row), ``idx`` (the explained rows), ``pred_all``, ``proba``
-        (classifiers), ``global_rows`` (tables with a gradient method), and array
+        (classifiers), ``global_rows`` (tables with a gradient method), ``sensitive.<name>``
+        (each sensitive attribute of every row, never a model input), and array
         options as ``option.<method>.<name>`` (baselines, SHAP backgrounds).
     """
 

@@ -104,7 +104,7 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
     stages.start("load_data")
     from explain.datasets import validate_for_model
 
-    dataset = validate_for_model(_load_data(data, cfg.seed), spec)
+    dataset = validate_for_model(_load_data(data, cfg.seed, cfg.sensitive), spec)
     if dataset.y is None:
         raise DataError("the audit needs labelled data to measure performance; pass labels "
                         "(array y in an .npz, or --label COLUMN for a .csv)",
@@ -159,6 +159,8 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
                                      "pred_all": pred_all}
     if proba is not None:
         arrays["proba"] = proba
+    sensitive = _sensitive_arrays(dataset, cfg)
+    arrays.update({f"sensitive.{k}": v for k, v in sensitive.items()})
     if kind == "tabular" and method_is_cheap(global_method(methods)):
         arrays["global_rows"] = np.sort(rng.choice(len(x), min(cfg.global_rows, len(x)),
                                                    replace=False))
@@ -195,9 +197,25 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
             "meta": to_jsonable({k: v for k, v in dataset.meta.items() if k != "per_row"}),
         },
         "performance": performance,
+        "sensitive": list(sensitive),
         "timings": {},
     }
     return AuditPlan(meta=to_jsonable(meta), arrays=arrays), loaded
+
+
+def _sensitive_arrays(dataset: Any, cfg: AuditConfig) -> dict[str, np.ndarray]:
+    """The data's sensitive attributes, checked now (two groups large enough to compare)
+    so that a bad attribute fails the audit before its expensive stages."""
+    from explain.fairness import FairnessOptions, sensitive_groups
+    from explain.findings import FindingThresholds
+
+    sensitive = dict(dataset.sensitive or {})
+    if not sensitive:
+        return {}
+    th = FindingThresholds.from_config(cfg.thresholds)
+    sensitive_groups(sensitive, dataset.n, th.fairness_min_group,
+                     FairnessOptions.from_config(cfg.fairness))
+    return sensitive
 
 
 def _read_sidecar(model_path: Path) -> dict[str, Any] | None:
@@ -247,13 +265,13 @@ def _shape_or_none(shape: Any) -> list | None:
     return shape
 
 
-def _load_data(data: Any, seed: int) -> Any:
-    from explain.datasets import Dataset, load_any
+def _load_data(data: Any, seed: int, sensitive: Any = None) -> Any:
+    from explain.datasets import Dataset, load_any, select_sensitive
 
     if isinstance(data, Dataset):
-        return data
+        return select_sensitive(data, sensitive)
     if isinstance(data, (str, os.PathLike)):
-        return load_any(data, seed=seed)
+        return load_any(data, seed=seed, sensitive=sensitive)
     raise TypeError("data must be a Dataset, a path to a data file or a bundled data set "
                     f"name, got {type(data).__name__}")
 
