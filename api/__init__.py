@@ -80,13 +80,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
 
     celery_init_app(app)
 
-    from api.resources import audits, datasets, explain, models, schedules, system
+    from api.resources import audits, datasets, explain, keys, models, schedules, system
 
     app.register_blueprint(system.bp)
     from api import web
 
     app.register_blueprint(web.bp)
-    for module in (models, datasets, audits, explain, schedules):
+    for module in (models, datasets, audits, explain, schedules, keys):
         app.register_blueprint(module.bp, url_prefix="/api/v1")
     return app
 

@@ -76,3 +76,37 @@ def current_tenant_id() -> str:
     if principal is None:  # only reachable from a view that forgot @auth_required
         raise RuntimeError("no authenticated tenant in this request")
     return principal.tenant_id
+
+
+def key_json(key: db.ApiKey) -> dict:
+    return {"id": key.id, "prefix": key.prefix, "created_at": db.iso(key.created_at),
+            "revoked_at": db.iso(key.revoked_at)}
+
+
+def list_keys(session: Session, tenant_id: str | None = None) -> list[db.ApiKey]:
+    """Keys, newest first: one tenant's, or every tenant's (the operator's CLI)."""
+    stmt = select(db.ApiKey).order_by(db.ApiKey.created_at.desc())
+    if tenant_id is not None:
+        stmt = stmt.where(db.ApiKey.tenant_id == tenant_id)
+    return list(session.scalars(stmt))
+
+
+def revoke_key(session: Session, key: str, tenant_id: str | None = None) -> db.ApiKey | None:
+    """Revoke a key by its id or its token prefix (``xa_...``, as listed); within one
+    tenant when ``tenant_id`` is given. Returns the key (revoked now or before), or None
+    when nothing matches. A prefix that matches several keys revokes none (ValueError)."""
+    stmt = select(db.ApiKey).where(
+        (db.ApiKey.id == key) | (db.ApiKey.prefix == key) if key.startswith(TOKEN_PREFIX)
+        else db.ApiKey.id == key)
+    if tenant_id is not None:
+        stmt = stmt.where(db.ApiKey.tenant_id == tenant_id)
+    rows = list(session.scalars(stmt))
+    if not rows:
+        return None
+    if len(rows) > 1:
+        raise ValueError(f"{key!r} matches {len(rows)} keys; revoke by id")
+    row = rows[0]
+    if row.revoked_at is None:
+        row.revoked_at = db.utcnow()
+        session.commit()
+    return row

@@ -485,6 +485,50 @@ def keys_create_cmd(tenant: str) -> None:
     click.echo(token)
 
 
+@keys_group.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@friendly_errors
+def keys_list_cmd(tenant: str | None) -> None:
+    """List API keys: id, token prefix, tenant, created, revoked (never the tokens)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from api import db
+    from api.auth import key_json, list_keys
+
+    _cfg, engine = _service_db()
+    with Session(engine) as session:
+        tenant_id = None
+        if tenant is not None:
+            row = session.scalars(select(db.Tenant).where(db.Tenant.name == tenant)).first()
+            if row is None:
+                raise ValueError(f"no tenant named {tenant!r}")
+            tenant_id = row.id
+        names = {t.id: t.name for t in session.scalars(select(db.Tenant))}
+        for key in list_keys(session, tenant_id):
+            info = key_json(key)
+            click.echo(f"{info['id']}  {info['prefix']}  {names.get(key.tenant_id, '?')}  "
+                       f"created {info['created_at']}  "
+                       + (f"REVOKED {info['revoked_at']}" if info["revoked_at"] else "active"))
+
+
+@keys_group.command("revoke")
+@click.argument("key")
+@friendly_errors
+def keys_revoke_cmd(key: str) -> None:
+    """Revoke the API key KEY (its id, or its token prefix as `keys list` shows it)."""
+    from sqlalchemy.orm import Session
+
+    from api.auth import revoke_key
+
+    _cfg, engine = _service_db()
+    with Session(engine) as session:
+        row = revoke_key(session, key)
+        if row is None:
+            raise ValueError(f"no API key {key!r}")
+        click.echo(f"revoked {row.id} ({row.prefix}...)")
+
+
 @main.group("db")
 def db_group() -> None:
     """The service database."""
