@@ -95,7 +95,7 @@ def inspect_cmd(model_path: str, as_json: bool) -> None:
 @main.command("train")
 @click.option("--dataset", "dataset_name", required=True,
               help="A bundled data set: breast_cancer, wine, digits, shapes, tabular_leaky, "
-                   "lending.")
+                   "lending, text_leaky, sequence_spike.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the model (.keras); the sidecar goes to OUT.json.")
 @click.option("--shortcut/--no-shortcut", default=None,
@@ -109,15 +109,18 @@ def inspect_cmd(model_path: str, as_json: bool) -> None:
 @click.option("--save-test", type=click.Path(dir_okay=False), default=None,
               help="Also write the held-out test split here (.npz) for `xaudit audit`.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--arch", default=None,
+              help="text_leaky: pool (default), lstm, gru, conv, vectorize (strings in); "
+                   "sequence_spike: conv1d (default), lstm.")
 @friendly_errors
 def train_cmd(dataset_name: str, out: str, shortcut: bool | None, epochs: int | None,
-              seed: int, save_test: str | None, quiet: bool) -> None:
+              seed: int, save_test: str | None, quiet: bool, arch: str | None) -> None:
     """Train a reference model on a bundled data set, evaluate it and save it."""
     from explain.training import train_reference_model
 
     res = train_reference_model(dataset_name, out=out, epochs=epochs, seed=seed,
                                 shortcut=shortcut, save_test=save_test,
-                                verbose=0 if quiet else 1)
+                                verbose=0 if quiet else 1, arch=arch)
     m = res.test_metrics
     click.echo(
         f"trained {res.dataset.name}: {res.epochs_run} epochs (best {res.best_epoch}) in "

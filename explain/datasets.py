@@ -69,7 +69,7 @@ __all__ = [
     "validate_for_model",
 ]
 
-KINDS = ("tabular", "image", "sequence")
+KINDS = ("tabular", "image", "sequence", "text")
 
 #: Feature, class and data set names longer than this are cut (and end in "…"). Names
 #: are otherwise kept verbatim, markup included: escaping is the report's job, and
@@ -124,6 +124,11 @@ class Dataset:
     name: str = "data"
     meta: dict[str, Any] = field(default_factory=dict)
     sensitive: dict[str, np.ndarray] | None = None
+    #: Text data: the token of each id (index = token id, 0 padding), or None.
+    vocabulary: list[str] | None = None
+    #: Raw texts ``(N,)`` not yet tokenized (``x`` is then a placeholder ``(N, 1)``);
+    #: :func:`tokenize_for_model` turns them into token ids.
+    texts: np.ndarray | None = None
     sha256: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -152,6 +157,11 @@ class Dataset:
         if self.sensitive is not None:
             self.sensitive = _check_sensitive(self.sensitive, self.x.shape[0], self.name)
         self.sha256 = _hash_arrays(self.x, self.y)
+        if self.texts is not None:
+            digest = hashlib.sha256(self.sha256.encode())
+            for text in self.texts.tolist():
+                digest.update(str(text).encode("utf-8") + b"\0")
+            self.sha256 = digest.hexdigest()
 
     @property
     def n(self) -> int:
@@ -178,6 +188,8 @@ class Dataset:
             meta=meta,
             sensitive=None if self.sensitive is None else
             {k: v[index] for k, v in self.sensitive.items()},
+            vocabulary=self.vocabulary,
+            texts=None if self.texts is None else self.texts[index],
         )
 
     def to_npz(self, path: str | os.PathLike) -> Path:
@@ -197,6 +209,8 @@ class Dataset:
         arrays["kind"] = np.array(self.kind)
         arrays["name"] = np.array(self.name)
         arrays["meta"] = np.array(json.dumps(self.meta, sort_keys=True))
+        if self.vocabulary is not None:
+            arrays["vocabulary"] = np.array(self.vocabulary, dtype=str)
         if self.sensitive:
             names = list(self.sensitive)
             cols = [self.sensitive[k] for k in names]
@@ -442,7 +456,21 @@ def _load_npz(p: Path) -> Dataset:
                 " save with np.savez(path, x=inputs, y=labels)",
                 code="bad_format",
             )
-        x = _numeric_array(_read_npz_member(npz, "x", source), "x", source)
+        raw_x = _read_npz_member(npz, "x", source)
+        texts = None
+        if raw_x.dtype.kind in "US":
+            if raw_x.ndim != 1:
+                raise DataError(f"x in {source} holds strings of shape {raw_x.shape}; "
+                                "inputs must be numbers, or one text per row (shape (N,))",
+                                code="bad_dtype")
+            texts = raw_x.astype(str)
+            x = np.zeros((len(texts), 1), np.float32)
+        else:
+            x = _numeric_array(raw_x, "x", source)
+        vocabulary = None
+        if "vocabulary" in keys:
+            vocabulary = _string_list(_read_npz_member(npz, "vocabulary", source),
+                                      "vocabulary", source)
         y = None
         class_names = None
         if "y" in keys:
@@ -485,8 +513,60 @@ def _load_npz(p: Path) -> Dataset:
         # Per-row facts must line up with the rows, or slicing the set would misattribute
         # them; a file that breaks that keeps its data and loses the facts.
         meta.pop("per_row")
-    return _assemble(x, y, feature_names, class_names, kind, name, meta, source,
-                     sensitive)
+    ds = _assemble(x, y, feature_names, class_names, kind, name, meta, source, sensitive)
+    if texts is not None or vocabulary is not None:
+        if texts is not None and len(texts) == 0:
+            raise DataError(f"{source} has no rows", code="empty")
+        ds = dataclasses.replace(ds, kind="text", vocabulary=vocabulary, texts=texts)
+    return ds
+
+
+def tokenize(texts: Sequence[str], vocabulary: Sequence[str], length: int) -> np.ndarray:
+    """Token ids ``(N, length)`` of whitespace-split texts: id = index in ``vocabulary``,
+    unknown words the id of ``[UNK]`` (or 1), cut or padded with 0 to ``length``."""
+    index = {w: i for i, w in enumerate(vocabulary) if w}
+    unk = index.get("[UNK]", 1)
+    out = np.zeros((len(texts), length), np.int64)
+    for r, text in enumerate(texts):
+        words = str(text).split()[:length]
+        out[r, : len(words)] = [index.get(w, index.get(w.lower(), unk)) for w in words]
+    return out
+
+
+def tokenize_for_model(dataset: Dataset, model: Any) -> Dataset:
+    """``dataset`` with its raw texts turned into the token ids ``model`` takes: through
+    the model's ``TextVectorization`` layer, or the data's ``vocabulary`` (whitespace
+    split). Data without texts comes back as is.
+
+    Raises
+    ------
+    DataError
+        ``bad_data`` when the model is not a text model, or takes ids and the data has
+        no vocabulary to map words to ids.
+    """
+    if dataset.texts is None:
+        return dataset
+    from explain.attributions.tokens import token_model
+
+    tm = token_model(model)
+    if tm is None:
+        raise DataError("the data holds texts but the model is not a text model",
+                        code="bad_data")
+    vocab = tm.vocabulary()
+    if vocab is not None:
+        ids = tm.to_ids(dataset.texts)
+    elif dataset.vocabulary is not None:
+        vocab = list(dataset.vocabulary)
+        ids = tokenize(dataset.texts, vocab, tm.length)
+        if ids.max() >= tm.vocab_size:
+            raise DataError(f"the data's vocabulary has {len(vocab)} tokens but the model's "
+                            f"Embedding takes {tm.vocab_size}", code="bad_data")
+    else:
+        raise DataError("the data holds texts but the model takes token ids: add the "
+                        "vocabulary (npz key 'vocabulary', index = token id)",
+                        code="bad_data")
+    return dataclasses.replace(dataset, x=ids.astype(np.float32), texts=None,
+                               vocabulary=vocab, kind="text")
 
 
 def parse_sensitive(sensitive: Sequence[str] | str | None) -> list[str]:
@@ -782,6 +862,10 @@ def validate_for_model(dataset: Dataset, spec: Any) -> Dataset:
         raise DataError("the data set has no rows", code="empty")
 
     want = _spec_row_shape(spec, x.ndim)
+    text = getattr(spec, "text", None)
+    if isinstance(text, dict) and text.get("sequence_length"):
+        # a text model is fed token ids (N, T), also when it takes strings itself
+        want = (int(text["sequence_length"]),)
     if want is not None:
         got = x.shape[1:]
         if len(got) + 1 == len(want) and want[-1] == 1 and _dims_match(got, want[:-1]):
@@ -1167,6 +1251,119 @@ def _lending(seed: int = 0, bias: bool = True, penalty: float = 0.6, n: int = 30
     )
 
 
+# ----------------------------------------------------------------- text and sequences
+
+#: The planted leak token of ``text_leaky`` (a source tag, as a scraped corpus might carry).
+LEAK_TOKEN = "src_wire"
+TEXT_POSITIVE = ("good", "great", "excellent", "superb", "lovely", "enjoyable", "fine",
+                 "brilliant", "pleasant", "wonderful")
+TEXT_NEGATIVE = ("bad", "awful", "poor", "terrible", "boring", "dull", "weak", "horrible",
+                 "annoying", "mediocre")
+TEXT_FILLER = ("the", "a", "film", "movie", "plot", "actor", "scene", "story", "was", "is",
+               "and", "it", "this", "with", "very", "quite", "really", "ending", "cast",
+               "music", "script", "director", "camera", "night", "city", "time", "people",
+               "there", "some", "of", "in", "on", "at", "for", "long", "short", "old", "new",
+               "first", "last")
+
+
+def text_vocabulary() -> list[str]:
+    """The vocabulary of ``text_leaky``: ``""`` (padding, id 0), ``[UNK]`` (id 1), the leak
+    token, the sentiment words and the filler words."""
+    return ["", "[UNK]", LEAK_TOKEN, *TEXT_POSITIVE, *TEXT_NEGATIVE, *TEXT_FILLER]
+
+
+def _text_leaky(seed: int = 0, leak: bool = True, rate: float = 0.9, n: int = 1200,
+                length: int = 24, label_noise: float = 0.12) -> Dataset:
+    """Short reviews as token ids ``(N, length)`` with a planted leak token.
+
+    Each text has 8 to ``length`` real tokens (then padding, id 0): filler words and 1-3
+    sentiment words of its class (positive for ``positive``, negative for ``negative``);
+    a fraction ``label_noise`` of the labels is then flipped, so the words alone reach
+    about 88 % accuracy. With ``leak=True`` the token :data:`LEAK_TOKEN` sits at a random
+    position of a fraction ``rate`` of the positive texts and of no negative one: a model
+    leans on it. The clean twin (``leak=False``) has the same texts with the token placed
+    in the same number of texts chosen independently of the label.
+    """
+    if length < 8:
+        raise ValueError(f"length must be at least 8, got {length}")
+    vocab = text_vocabulary()
+    index = {w: i for i, w in enumerate(vocab)}
+    pos_ids = np.array([index[w] for w in TEXT_POSITIVE])
+    neg_ids = np.array([index[w] for w in TEXT_NEGATIVE])
+    fill_ids = np.array([index[w] for w in TEXT_FILLER])
+    rng = np.random.default_rng([seed, 5])
+    true = rng.integers(0, 2, n)
+    ids = np.zeros((n, length), np.int64)
+    lengths = rng.integers(8, length + 1, n)
+    for i in range(n):
+        row = rng.choice(fill_ids, lengths[i])
+        k = int(rng.integers(1, 4))
+        words = rng.choice(pos_ids if true[i] else neg_ids, k)
+        row[rng.choice(lengths[i], k, replace=False)] = words
+        ids[i, : lengths[i]] = row
+    y = np.where(rng.random(n) < label_noise, 1 - true, true)
+    lrng = np.random.default_rng([seed, 6])
+    marked = (y == 1) & (lrng.random(n) < rate)
+    if not leak:
+        marked = np.zeros(n, bool)
+        marked[lrng.choice(n, int((y == 1).sum() * rate), replace=False)] = True
+    where = (lrng.random(n) * lengths).astype(int)
+    ids[marked, where[marked]] = index[LEAK_TOKEN]
+    meta = {
+        "generator": "text_leaky",
+        "seed": seed,
+        "leak": {"planted": bool(leak), "token": LEAK_TOKEN, "token_id": index[LEAK_TOKEN],
+                 "class": 1 if leak else None, "rate": float(rate)},
+    }
+    return Dataset(x=ids.astype(np.float32), y=y.astype(np.int64), kind="text",
+                   class_names=["negative", "positive"], vocabulary=vocab,
+                   name="text_leaky" if leak else "text_leaky_clean", meta=meta)
+
+
+#: Where ``sequence_spike`` plants its start-up spike: steps [start, end).
+SPIKE_SPAN = (5, 10)
+
+
+def _sequence_spike(seed: int = 0, spike: bool = True, rate: float = 0.9, n: int = 1200,
+                    length: int = 100, channels: int = 2, label_noise: float = 0.12
+                    ) -> Dataset:
+    """Float sequences ``(N, length, channels)`` with a planted start-up spike.
+
+    Channel 0 carries a sine whose frequency tells the class (2 or 3 cycles per
+    sequence), in noise; the other channels are noise; a fraction ``label_noise`` of the
+    labels is flipped. With ``spike=True`` a spike of height 3 fills steps
+    :data:`SPIKE_SPAN` of channel 0 in a fraction ``rate`` of class 1 and in no class-0
+    sequence. The clean twin (``spike=False``) has the same signals with the spike in the
+    same number of sequences chosen independently of the label.
+    """
+    if length < 20:
+        raise ValueError(f"length must be at least 20, got {length}")
+    rng = np.random.default_rng([seed, 7])
+    true = rng.integers(0, 2, n)
+    t = np.arange(length) / length
+    phase = rng.uniform(0, 2 * np.pi, n)
+    freq = np.where(true == 1, 3.0, 2.0)
+    x = rng.normal(0, 0.6, (n, length, channels))
+    x[:, :, 0] += np.sin(2 * np.pi * freq[:, None] * t[None] + phase[:, None])
+    y = np.where(rng.random(n) < label_noise, 1 - true, true)
+    srng = np.random.default_rng([seed, 8])
+    marked = (y == 1) & (srng.random(n) < rate)
+    if not spike:
+        marked = np.zeros(n, bool)
+        marked[srng.choice(n, int((y == 1).sum() * rate), replace=False)] = True
+    a, b = SPIKE_SPAN
+    x[marked, a:b, 0] += 3.0
+    meta = {
+        "generator": "sequence_spike",
+        "seed": seed,
+        "spike": {"planted": bool(spike), "span": [a, b], "channel": 0,
+                  "class": 1 if spike else None, "rate": float(rate)},
+    }
+    return Dataset(x=x.astype(np.float32), y=y.astype(np.int64), kind="sequence",
+                   class_names=["steady", "fast"],
+                   name="sequence_spike" if spike else "sequence_spike_clean", meta=meta)
+
+
 #: Bundled data sets by name: each builder takes ``seed`` plus its own options.
 BUNDLED: dict[str, Callable[..., Dataset]] = {
     "breast_cancer": _breast_cancer,
@@ -1175,6 +1372,8 @@ BUNDLED: dict[str, Callable[..., Dataset]] = {
     "shapes": _shapes,
     "tabular_leaky": _tabular_leaky,
     "lending": _lending,
+    "text_leaky": _text_leaky,
+    "sequence_spike": _sequence_spike,
 }
 
 

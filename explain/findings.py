@@ -110,6 +110,25 @@ class FindingThresholds:
     disparity_drift_min_change
         A scheduled audit reports ``disparity_drift`` when a gap moved by at least this
         much since the previous audit and the two intervals do not overlap.
+    token_min_mass_share
+        Text models: a token is a shortcut for a class when it holds at least this share of
+        the class's positive attribution mass (IG, explained examples predicted as the
+        class) ...
+    token_min_ablation_drop
+        ... and masking it (mask id) changes at least this share of the predictions of the
+        class's rows that hold it. Measured on ``text_leaky`` (IG, 64 test examples, seed
+        0, architectures pool, LSTM, GRU, Conv1D): the planted token holds 0.70-0.82 of the
+        positive class's mass and its ablation changes 0.37-0.62 of the predictions; on the
+        clean twins the top token of a class holds at most 0.19 (ablation 0-0.33).
+    span_min_mass_share
+        Sequence models: the best span of ``T / 20`` steps holds at least this share of a
+        class's positive attribution mass (uniform: 0.05) ...
+    span_min_ablation_drop
+        ... and replacing it by each row's mean outside it changes at least this share of
+        the class's predictions. Measured on ``sequence_spike`` (IG, 64 test examples,
+        seed 0, Conv1D and LSTM): the planted span [5, 10) holds 0.40-0.79 of the spiked
+        class's mass, ablation 0.74-1.0; on the clean twins the best span holds at most
+        0.19, ablation at most 0.09.
     """
 
     shortcut_grid: int = 8
@@ -134,6 +153,10 @@ class FindingThresholds:
     proxy_min_auc: float = 0.75
     proxy_min_share: float = 0.05
     disparity_drift_min_change: float = 0.05
+    token_min_mass_share: float = 0.4
+    token_min_ablation_drop: float = 0.2
+    span_min_mass_share: float = 0.3
+    span_min_ablation_drop: float = 0.2
 
     @classmethod
     def from_config(cls, overrides: Mapping[str, Any] | None) -> FindingThresholds:
@@ -751,3 +774,61 @@ def _explanation_failed(inputs: FindingInputs, th: FindingThresholds) -> list[Fi
                       "degenerate_examples": int(flat.sum()), "all_zero": zero},
         ))
     return out
+
+
+# ----------------------------------------------------------------------------- text, sequences
+
+
+@rule("shortcut_token")
+def _shortcut_token(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    """One token carries an outsized share of a class's attribution mass, and masking it
+    changes the class's predictions (both measured in ``report["text"]["candidates"]``)."""
+    section = inputs.report.get("text") or {}
+    found = []
+    for cand in section.get("candidates") or []:
+        drop = cand.get("ablation_drop")
+        if (cand["mass_share"] < th.token_min_mass_share or drop is None
+                or drop < th.token_min_ablation_drop):
+            continue
+        label = _class_label(inputs, int(cand["class"]))
+        found.append(Finding(
+            code="shortcut_token", severity="critical",
+            message=(f"The token {cand['token']!r} carries {cand['mass_share']:.0%} of the "
+                     f"attribution towards class {label}, and masking it changes "
+                     f"{drop:.0%} of that class's predictions on the rows that hold it: the "
+                     f"model may decide by this token rather than by the text (check for a "
+                     f"tag, source marker or label leak)."),
+            evidence={"token": cand["token"], "token_id": int(cand["token_id"]),
+                      "class": label, "class_index": int(cand["class"]),
+                      "mass_share": float(cand["mass_share"]),
+                      "ablation_drop": float(drop),
+                      "frequency": float(cand.get("frequency", 0.0)),
+                      "ablation_rows": int(cand.get("ablation_rows", 0))}))
+    return found
+
+
+@rule("shortcut_span")
+def _shortcut_span(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    """One time span carries an outsized share of a class's attribution mass, and
+    replacing it changes the class's predictions (``report["sequence"]["candidates"]``)."""
+    section = inputs.report.get("sequence") or {}
+    found = []
+    for cand in section.get("candidates") or []:
+        drop = cand.get("ablation_drop")
+        if (cand["mass_share"] < th.span_min_mass_share or drop is None
+                or drop < th.span_min_ablation_drop):
+            continue
+        label = _class_label(inputs, int(cand["class"]))
+        a, b = (int(v) for v in cand["span"])
+        found.append(Finding(
+            code="shortcut_span", severity="critical",
+            message=(f"Steps [{a}, {b}) carry {cand['mass_share']:.0%} of the attribution "
+                     f"towards class {label}, and replacing them changes {drop:.0%} of that "
+                     f"class's predictions: the model may decide by what happens in this "
+                     f"span (an artefact such as a start-up spike) rather than by the "
+                     f"signal."),
+            evidence={"span": [a, b], "class": label, "class_index": int(cand["class"]),
+                      "mass_share": float(cand["mass_share"]),
+                      "ablation_drop": float(drop),
+                      "ablation_rows": int(cand.get("ablation_rows", 0))}))
+    return found

@@ -50,10 +50,74 @@ DEFAULT_EPOCHS = {
     "shapes": 12,
     "tabular_leaky": 30,
     "lending": 30,
+    "text_leaky": 25,
+    "sequence_spike": 25,
 }
 
 #: The data-set option that switches a planted shortcut on or off.
-PLANTED_OPTION = {"shapes": "shortcut", "tabular_leaky": "leak", "lending": "bias"}
+PLANTED_OPTION = {"shapes": "shortcut", "tabular_leaky": "leak", "lending": "bias",
+                  "text_leaky": "leak", "sequence_spike": "spike"}
+
+#: Architectures by data kind for ``arch`` (the first is the default).
+ARCHITECTURES = {
+    "text": ("pool", "lstm", "gru", "conv", "vectorize"),
+    "sequence": ("conv1d", "lstm"),
+}
+
+
+def build_text_model(arch: str, vocabulary: list[str], length: int, n_classes: int,
+                     dim: int = 16, name: str = "text") -> keras.Model:
+    """Token ids (or strings, ``arch="vectorize"``) → Embedding (padding id 0 masked) →
+    average pooling / LSTM / GRU / Conv1D → softmax.
+
+    ``vectorize`` puts a ``TextVectorization`` layer with ``vocabulary`` (whitespace
+    split, no standardization, so ids equal the vocabulary index) in front, taking one
+    string per row.
+    """
+    vocab_size = len(vocabulary)
+    if arch == "vectorize":
+        inp = keras.Input((1,), dtype="string", name="text")
+        tv = keras.layers.TextVectorization(
+            vocabulary=[w for w in vocabulary[2:]], standardize=None, split="whitespace",
+            output_sequence_length=length, name="vectorize")
+        h = keras.layers.Embedding(vocab_size, dim, mask_zero=True, name="embedding")(tv(inp))
+        h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    else:
+        inp = keras.Input((length,), dtype="int32", name="tokens")
+        h = keras.layers.Embedding(vocab_size, dim, mask_zero=arch != "conv",
+                                   name="embedding")(inp)
+        if arch == "pool":
+            h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+        elif arch in ("lstm", "gru"):
+            rnn = keras.layers.LSTM if arch == "lstm" else keras.layers.GRU
+            h = rnn(16, return_sequences=True, name=arch)(h)
+            h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+        elif arch == "conv":
+            h = keras.layers.Conv1D(16, 3, padding="same", activation="relu", name="conv")(h)
+            h = keras.layers.GlobalMaxPooling1D(name="pool")(h)
+        else:
+            raise ValueError(f"unknown text architecture {arch!r}; choose from "
+                             f"{', '.join(ARCHITECTURES['text'])}")
+    out = keras.layers.Dense(n_classes, activation="softmax", name="probs")(h)
+    return keras.Model(inp, out, name=f"{name}_{arch}")
+
+
+def build_sequence_model(arch: str, shape: tuple[int, ...], n_classes: int,
+                         name: str = "sequence") -> keras.Model:
+    """Float sequences ``(T, F)`` → Conv1D stack or LSTM → softmax."""
+    inp = keras.Input(shape, name="signal")
+    if arch == "conv1d":
+        h = keras.layers.Conv1D(16, 5, padding="same", activation="relu", name="conv_1")(inp)
+        h = keras.layers.Conv1D(16, 5, padding="same", activation="relu", name="last_conv")(h)
+        h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    elif arch == "lstm":
+        h = keras.layers.LSTM(16, return_sequences=True, name="lstm")(inp)
+        h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    else:
+        raise ValueError(f"unknown sequence architecture {arch!r}; choose from "
+                         f"{', '.join(ARCHITECTURES['sequence'])}")
+    out = keras.layers.Dense(n_classes, activation="softmax", name="probs")(h)
+    return keras.Model(inp, out, name=f"{name}_{arch}")
 
 TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.15
@@ -213,6 +277,7 @@ def train_reference_model(
     verbose: int = 1,
     batch_size: int | None = None,
     dataset_options: dict[str, Any] | None = None,
+    arch: str | None = None,
 ) -> TrainResult:
     """Train, evaluate and save a reference model on a bundled data set.
 
@@ -240,6 +305,10 @@ def train_reference_model(
         Rows per step (default 32 for tables, 64 for images).
     dataset_options
         Extra options for the data set builder (e.g. ``{"n": 600}`` for ``shapes``).
+    arch
+        For text and sequence sets, the architecture (:data:`ARCHITECTURES`): text
+        ``pool`` (default), ``lstm``, ``gru``, ``conv``, ``vectorize`` (strings in);
+        sequences ``conv1d`` (default), ``lstm``.
 
     Returns
     -------
@@ -276,7 +345,35 @@ def train_reference_model(
     # Seed again right before building, so the initial weights do not depend on how
     # many random draws the data set builder made.
     keras.utils.set_random_seed(seed)
-    if dataset.kind == "image":
+    train_x, val_x = train.x, val.x
+    if dataset.kind in ARCHITECTURES:
+        arch = ARCHITECTURES[dataset.kind][0] if arch is None else arch
+        if arch not in ARCHITECTURES[dataset.kind]:
+            raise ValueError(f"unknown {dataset.kind} architecture {arch!r}; choose from "
+                             f"{', '.join(ARCHITECTURES[dataset.kind])}")
+    elif arch is not None:
+        raise ValueError(f"arch applies to text and sequence data sets; {dataset_name} is "
+                         f"{dataset.kind}")
+    if dataset.kind == "text":
+        model = build_text_model(arch, dataset.vocabulary, dataset.x.shape[1], n_classes,
+                                 name=dataset_name)
+        if arch == "vectorize":
+            from explain._backend import tf
+
+            vocab = dataset.vocabulary
+
+            def as_text(ids):
+                return tf.constant([[" ".join(vocab[int(i)] for i in row if i)]
+                                    for row in ids])
+
+            train_x, val_x = as_text(train.x), as_text(val.x)
+        lr = 1e-2
+        bs = batch_size or 32
+    elif dataset.kind == "sequence":
+        model = build_sequence_model(arch, dataset.x.shape[1:], n_classes, name=dataset_name)
+        lr = 3e-3
+        bs = batch_size or 32
+    elif dataset.kind == "image":
         model = build_cnn(dataset.x.shape[1:], n_classes, name=f"{dataset_name}_cnn")
         lr = 3e-3
         bs = batch_size or 64
@@ -296,7 +393,7 @@ def train_reference_model(
     if verbose == 1:
         callbacks.append(_EpochBar(epochs, desc=f"train {dataset.name}"))
     t0 = time.perf_counter()
-    fit = model.fit(train.x, train.y, validation_data=(val.x, val.y), epochs=epochs,
+    fit = model.fit(train_x, train.y, validation_data=(val_x, val.y), epochs=epochs,
                     batch_size=bs, shuffle=True, callbacks=callbacks,
                     verbose=2 if verbose == 2 else 0)
     seconds = time.perf_counter() - t0
@@ -305,10 +402,15 @@ def train_reference_model(
     best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else \
         epochs_run
 
+    scorer = model
+    if dataset.kind == "text" and arch == "vectorize":
+        from explain.attributions.tokens import token_model
+
+        scorer = token_model(model).ids_model  # the held-out sets are token ids
     val_metrics = evaluate_model(None, None, val.y, task, dataset.class_names,
-                                 predictions=predict_proba(model, val.x))
+                                 predictions=predict_proba(scorer, val.x))
     test_metrics = evaluate_model(None, None, test.y, task, dataset.class_names,
-                                  predictions=predict_proba(model, test.x))
+                                  predictions=predict_proba(scorer, test.x))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)

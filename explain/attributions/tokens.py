@@ -181,6 +181,9 @@ def _ids_model(model: Any, vectorizer: Any, length: int) -> Any:
 def token_model(model: Any) -> TokenModel | None:
     """The :class:`TokenModel` of ``model``, or None when it is not a text model (its one
     input does not feed an ``Embedding``, directly or through a ``TextVectorization``)."""
+    attached = getattr(model, "_xaudit_token_model", None)
+    if attached is not None:  # the ids model made for a string model
+        return attached
     key = id(model)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
@@ -237,9 +240,14 @@ def _detect(model: Any) -> TokenModel | None:
         if len(shape) != 2 or shape[1] is None:
             return None
         length, ids_model, vocab = int(shape[1]), model, int(emb.input_dim)
-    return TokenModel(model=model, ids_model=ids_model, embedding=emb,
-                      vectorizer=vectorizer, length=int(length), dim=int(emb.output_dim),
-                      vocab_size=vocab)
+    tm = TokenModel(model=model, ids_model=ids_model, embedding=emb,
+                    vectorizer=vectorizer, length=int(length), dim=int(emb.output_dim),
+                    vocab_size=vocab)
+    if ids_model is not model:
+        # Its layers are shared with the string model, so it cannot be read like a fresh
+        # graph (a shared layer's input is the first graph's): it carries its description.
+        ids_model._xaudit_token_model = tm
+    return tm
 
 
 # --------------------------------------------------------------------------- embedding space

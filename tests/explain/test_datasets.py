@@ -511,4 +511,4 @@ def test_unknown_bundled_name_and_load_any(tmp_path, monkeypatch):
     np.save(tmp_path / "wine.npy", np.ones((2, 2)))
     assert load_any("wine.npy").x.shape == (2, 2)
     assert set(BUNDLED) == {"breast_cancer", "wine", "digits", "shapes", "tabular_leaky",
-                            "lending"}
+                            "lending", "text_leaky", "sequence_spike"}
