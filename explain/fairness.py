@@ -663,6 +663,9 @@ def assess_fairness(
         gm = group_metrics(y_true, y_pred, groups, task=task, min_group=min_group,
                            confidence=confidence, positive_class=options.positive_class,
                            n_boot=options.n_boot, level=options.confidence, seed=seed)
+        if info["bins"]:  # bins read in their order, not as sorted text ("< 33" last)
+            order = {b["group"]: i for i, b in enumerate(info["bins"])}
+            gm["per_group"].sort(key=lambda r: order.get(r["group"], len(order)))
         pos = gm["positive_class"]
         if pos is not None and class_names is not None and 0 <= pos < len(class_names):
             pos_name = str(class_names[pos])

@@ -463,6 +463,55 @@ def drift_figure(items: Sequence[Mapping[str, Any]], top: int = 12) -> str:
         return _data_uri(fig)
 
 
+def disparity_figure(disparities: Sequence[Mapping[str, Any]], threshold: float | None,
+                     attribute: str) -> str | None:
+    """Draw each across-group gap of one sensitive attribute with its interval.
+
+    Parameters
+    ----------
+    disparities
+        ``[{metric, kind, value, interval}]``; differences are drawn (the ratio is a
+        different scale and stays in the table).
+    threshold
+        The difference threshold, drawn as a dashed line (None: no line).
+    attribute
+        The attribute's name, for the axis label.
+
+    Returns
+    -------
+    str or None
+        A PNG data URI, or None when there is no difference to draw.
+    """
+    rows = [d for d in disparities if d.get("kind") == "difference" and d.get("value") is not None]
+    if not rows:
+        return None
+    rows = rows[::-1]
+    names = [_short(str(d["metric"]).replace("_difference", "").replace("_", " "), 26)
+             for d in rows]
+    value = np.array([float(d["value"]) for d in rows])
+    lo = np.array([float(d["interval"][0]) if d["interval"][0] is not None else v
+                   for d, v in zip(rows, value, strict=True)])
+    hi = np.array([float(d["interval"][1]) if d["interval"][1] is not None else v
+                   for d, v in zip(rows, value, strict=True)])
+    y = np.arange(len(rows))
+    with _figure(5.6, 0.8 + 0.38 * len(rows)) as fig:
+        ax = fig.add_subplot()
+        over = lo >= threshold if threshold is not None else np.zeros(len(rows), bool)
+        colours = [_POSITIVE if o else _ACCENT for o in over]
+        ax.hlines(y, lo, hi, colors=colours, linewidth=2.2)
+        ax.scatter(value, y, color=colours, zorder=3, s=28)
+        if threshold is not None:
+            ax.axvline(threshold, color=_MUTED, linestyle="--", linewidth=1,
+                       label=f"threshold {threshold:g}")
+            ax.legend(loc="lower right")
+        ax.set_yticks(y, names)
+        ax.set_xlim(0, max(float(hi.max()), threshold or 0.0) * 1.1 + 0.02)
+        ax.set_xlabel(f"gap between {_short(attribute, 20)} groups (95% interval)")
+        ax.spines["left"].set_visible(False)
+        ax.tick_params(axis="y", length=0)
+        return _data_uri(fig)
+
+
 # -- pixel panels -----------------------------------------------------------------------------
 # Image inputs and attribution maps are composed directly from pixels (matplotlib colormaps,
 # PIL resampling) rather than drawn in a figure: crisper, a fraction of the time, and the

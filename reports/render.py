@@ -223,6 +223,10 @@ def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> 
         ("global-importance", "Global importance"),
         ("local", "Local explanations"),
         ("quality", "Explanation quality"),
+    ]
+    if report.get("fairness"):
+        sections.append(("fairness", "Group fairness"))
+    sections += [
         ("findings", "Findings"),
     ]
     if report["drift"] is not None:
@@ -241,6 +245,7 @@ def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> 
         "examples": _examples_view(report, result, max_examples),
         "quality": _quality_view(report),
         "drift": _drift_view(report, result),
+        "fairness": _fairness_view(report),
         "class_names": class_names,
         "scales": {kind: figures.colour_scale(kind) for kind in ("unsigned", "signed")},
     }
@@ -371,6 +376,44 @@ def _quality_view(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return view
+
+
+#: Per-group columns of the fairness table, in order (those a section has).
+_GROUP_COLUMNS = ("count", "selection_rate", "accuracy", "tpr", "fpr", "precision", "ece",
+                  "mean_error", "mae", "mean_prediction")
+
+
+def _fairness_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    section = report.get("fairness")
+    if not section:
+        return None
+    from explain.findings import FindingThresholds, disparity_verdict
+
+    try:
+        th = FindingThresholds.from_config((report.get("config") or {}).get("thresholds"))
+    except (TypeError, ValueError):
+        th = FindingThresholds()
+    attributes = []
+    for attr in section["attributes"]:
+        groups = attr["groups"]
+        columns = [c for c in _GROUP_COLUMNS if any(c in g for g in groups)]
+        gaps = []
+        for d in attr["disparities"]:
+            flagged, limit = disparity_verdict(d, th, section.get("error_scale"))
+            gaps.append({**d, "flagged": flagged, "threshold": limit})
+        limit = next((g["threshold"] for g in gaps if g["kind"] == "difference"
+                      and g["metric"] not in ("mean_error_difference", "mae_difference")),
+                     None)
+        proxies = [p for p in attr.get("proxies") or []
+                   if p.get("is_candidate") or p["auc"] >= th.proxy_min_auc][:5]
+        attributes.append({
+            "attr": attr, "columns": columns, "gaps": gaps, "proxies": proxies,
+            "all_proxies": (attr.get("proxies") or [])[:10],
+            "figure": figures.disparity_figure(attr["disparities"], limit, attr["name"]),
+            "differences": ((attr.get("attribution") or {}).get("largest_differences")
+                            or []),
+        })
+    return {"section": section, "attributes": attributes, "thresholds": th}
 
 
 def _drift_view(report: Mapping[str, Any], result: AuditResult) -> dict[str, Any] | None:

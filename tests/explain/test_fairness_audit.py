@@ -29,9 +29,14 @@ def biased(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(biased):
+def result(biased):
     return run_audit(biased.model_path, biased.test_path,
-                     {**FAST, "sensitive": ["group", "age"]}).report
+                     {**FAST, "sensitive": ["group", "age"]})
+
+
+@pytest.fixture(scope="module")
+def report(result):
+    return result.report
 
 
 def test_fairness_section_measures_every_row(biased, report):
@@ -57,6 +62,22 @@ def test_fairness_section_measures_every_row(biased, report):
     assert proxy["auc"] > 0.9
     # The sensitive attributes never reach the model's inputs.
     assert "group" not in report["dataset"]["feature_names"]
+
+
+def test_report_has_a_fairness_section(biased, result):
+    from reports import render_html
+
+    html = render_html(result)
+    assert 'id="fairness"' in html and 'href="#fairness"' in html
+    assert "Gaps between group groups" in html  # the interval chart's alt text
+    assert LENDING_PROXY in html and "small group: not judged" not in html
+    # Group labels are data: escaped, never markup.
+    ds = biased.test.subset(np.arange(biased.test.n))
+    ds.sensitive = {"group": np.where(ds.sensitive["group"] == "B",
+                                      "<script>alert(1)</script>", "A")}
+    hostile = run_audit(biased.model_path, ds, {**FAST, "samples": 4})
+    text = render_html(hostile)
+    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)" in text
 
 
 def test_no_sensitive_attribute_no_section(biased):
