@@ -76,7 +76,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> APIFlask:
     security.init_app(app)
     metrics.init_app(app)
 
-    from worker.app import celery_init_app
+    from api.queue import celery_init_app
 
     celery_init_app(app)
 

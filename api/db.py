@@ -29,8 +29,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-AUDIT_STATUSES = ("queued", "running", "succeeded", "failed")
-
 
 def new_id() -> str:
     """A random, unguessable id: ids never reveal how many rows other tenants have."""
@@ -166,6 +164,7 @@ class Audit(Base):
                                            index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    # One of api.lifecycle.AuditStatus; changed only by api.lifecycle's transitions.
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str | None] = mapped_column(String(64))

@@ -35,13 +35,14 @@ class _StateCollector:
 
     def collect(self):
         from api import db
+        from api.lifecycle import AuditStatus
 
         audits = GaugeMetricFamily("xaudit_audits", "Audits by status", labels=["status"])
         try:
             with self.app.app_context():
                 rows = dict(db.session().execute(
                     select(db.Audit.status, func.count()).group_by(db.Audit.status)).all())
-            for status in db.AUDIT_STATUSES:
+            for status in (s.value for s in AuditStatus):
                 audits.add_metric([status], float(rows.get(status, 0)))
         except Exception:  # a scrape must not fail because the database is down
             log.warning("could not read audit counts", exc_info=True)

@@ -7,6 +7,8 @@ from apiflask import Schema
 from apiflask.fields import Dict, File, Float, Integer, List, Raw, String
 from apiflask.validators import Length, OneOf, Range, Regexp
 
+from api.lifecycle import AuditStatus
+
 #: Names of models and datasets: they reach URLs, logs and reports, so a small charset.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME_RULE = "1-128 characters: letters, digits, '.', '_', '-' (starting with a letter or digit)"
@@ -131,6 +133,6 @@ class ListQuery(Schema):
 
 
 class StatusQuery(Schema):
-    status = String(validate=OneOf(["queued", "running", "succeeded", "failed"]))
+    status = String(validate=OneOf([s.value for s in AuditStatus]))
     limit = Integer(load_default=50, validate=Range(min=1, max=500))
     offset = Integer(load_default=0, validate=Range(min=0, max=10_000_000))

@@ -13,9 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import db
+from api import db, lifecycle
 from api.blobs import BlobStore
 from api.errors import abort
+from api.lifecycle import AuditStatus
+from api.queue import send_task
 
 log = logging.getLogger("xaudit.api")
 
@@ -137,7 +139,7 @@ def create_audit(session: Session, tenant_id: str, model_row: db.ModelRow,
                  schedule_id: str | None = None) -> db.Audit:
     """Insert a queued audit row (committed); the caller enqueues it."""
     audit = db.Audit(tenant_id=tenant_id, model_id=model_row.id, dataset_id=dataset_row.id,
-                     status="queued", progress=0.0, stage="queued", config=config,
+                     status=AuditStatus.QUEUED.value, progress=0.0, stage="queued", config=config,
                      timings={}, previous_audit_id=previous_audit_id,
                      schedule_id=schedule_id)
     session.add(audit)
@@ -156,22 +158,19 @@ def enqueue_audit(celery_app, session: Session, audit: db.Audit) -> bool:
         # The audit's state lives in the database, never in Celery's result backend; not
         # asking for a result also keeps the API's request threads off the backend's
         # shared pub/sub connection, which is not thread-safe.
-        celery_app.tasks["xaudit.audit"].apply_async(args=[audit.id],
-                                                     task_id=f"audit-{audit.id}",
-                                                     ignore_result=True)
+        send_task(celery_app, "xaudit.audit", [audit.id], task_id=f"audit-{audit.id}",
+                  ignore_result=True)
         return True
     except Exception as exc:
         log.error("could not enqueue audit %s: %s", audit.id, exc)
-        audit.status = "failed"
-        audit.error = "the task queue is unavailable; the audit was not started"
-        audit.error_code = "broker_unavailable"
-        audit.finished_at = db.utcnow()
-        session.commit()
+        lifecycle.fail(audit.id, "broker_unavailable",
+                       "the task queue is unavailable; the audit was not started")
+        session.refresh(audit)
         return False
 
 
 def audit_json(audit: db.Audit) -> dict[str, Any]:
-    done = audit.status == "succeeded"
+    done = audit.status == AuditStatus.SUCCEEDED
     error = None
     if audit.error:
         error = {"code": audit.error_code or "audit_failed", "message": audit.error}

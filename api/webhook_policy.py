@@ -21,12 +21,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["WEBHOOK_SCHEMES", "WebhookRefused", "check_url", "host_allowed",
-           "is_public_address", "resolve_public"]
+__all__ = ["WEBHOOK_SCHEMES", "WebhookRefused", "allow_private", "allowed_hosts", "check_url",
+           "host_allowed", "is_public_address", "resolve_public"]
 
 WEBHOOK_SCHEMES = ("http", "https")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
@@ -38,6 +39,23 @@ class WebhookRefused(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def allowed_hosts(config: Mapping[str, Any]) -> list[str]:
+    """``WEBHOOK_ALLOWED_HOSTS`` of ``config`` as a list (empty: any host)."""
+    raw = config.get("WEBHOOK_ALLOWED_HOSTS") or []
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    return [str(h).strip().lower() for h in raw if str(h).strip()]
+
+
+def allow_private(config: Mapping[str, Any]) -> bool:
+    """``WEBHOOK_ALLOW_PRIVATE`` of ``config``: webhooks may go to private and loopback
+    hosts."""
+    raw = config.get("WEBHOOK_ALLOW_PRIVATE")
+    if isinstance(raw, str):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return bool(raw)
 
 
 def host_allowed(host: str, allowed: Sequence[str]) -> bool:

@@ -42,3 +42,33 @@ class DataError(XauditError):
 
     code = "bad_data"
     status = 422
+
+
+class InputError(XauditError, ValueError):
+    """An argument, option or input does not fit what xaudit can do with it (out of
+    range, inconsistent with the model or the data). Also a ``ValueError``, so code that
+    catches ``ValueError`` around a call keeps working."""
+
+    code = "invalid_input"
+    status = 422
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument, option or input of the wrong type (also a ``TypeError``)."""
+
+
+class ConfigError(InputError):
+    """An audit config was refused (unknown key, wrong type, out-of-range value)."""
+
+    code = "bad_config"
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An audit config value of the wrong type (also a ``TypeError``)."""
+
+
+class UnsupportedModelError(ModelIntakeError, ValueError):
+    """A model that loaded safely but is of a kind xaudit does not audit (several inputs,
+    a sequence model, a head that is neither a classifier nor a regressor)."""
+
+    code = "unsupported_model"

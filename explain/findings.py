@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from explain.errors import ConfigError, ConfigTypeError
+
 SEVERITIES = ("info", "warning", "critical")
 ALL_CLASSES = -1
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -166,11 +168,11 @@ class FindingThresholds:
         known = {f.name: f.type for f in fields(cls)}
         unknown = set(overrides) - set(known)
         if unknown:
-            raise ValueError(f"unknown finding threshold(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(f"unknown finding threshold(s) {sorted(unknown)}; known: {sorted(known)}")
         values = {}
         for k, v in overrides.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"threshold {k} must be a number, got {v!r}")
+                raise ConfigTypeError(f"threshold {k} must be a number, got {v!r}")
             values[k] = int(v) if known[k] in ("int", int) else float(v)
         return cls(**values)
 

@@ -6,7 +6,7 @@ process: :meth:`AuditResult.save` writes a folder with ``report.json`` and ``arr
 and :meth:`AuditResult.load` reads it back without unpickling anything.
 
 ``report`` is exactly what ``report.json`` holds; its layout is fixed by
-``reports/report.schema.json`` (``schema_version`` "1.0"). ``arrays`` carries what JSON
+``explain/report.schema.json`` (``schema_version`` "1.0"). ``arrays`` carries what JSON
 must not: pixels and per-example attributions. Array names follow one convention:
 
 ``examples_x``
@@ -101,7 +101,7 @@ class AuditResult:
     Parameters
     ----------
     report
-        The report.json content (see ``reports/report.schema.json``). Stored as given;
+        The report.json content (see ``explain/report.schema.json``). Stored as given;
         numpy scalars are converted when it is serialised.
     arrays
         Named arrays for the figures (see the module docstring for the names). Must be

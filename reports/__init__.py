@@ -7,7 +7,7 @@
     text = render_json(result)          # the same content as report.json
     validate_report(result.report)      # raises ValueError listing every problem
 
-The layout of report.json is fixed by ``report.schema.json`` in this package
+The layout of report.json is fixed by ``explain/report.schema.json``
 (JSON Schema draft 2020-12, ``schema_version`` :data:`SCHEMA_VERSION`).
 """
 

@@ -28,7 +28,10 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from api import db, services
+from api import db, lifecycle, services
+from api.cron import next_run
+from api.lifecycle import AuditStatus
+from api.queue import send_task
 
 log = logging.getLogger("xaudit.beat")
 
@@ -76,7 +79,8 @@ def previous_successful_audit(session: Session, schedule: db.Schedule) -> db.Aud
     against it; failed runs are skipped, so one bad night does not break the chain)."""
     return session.scalars(
         db.scoped(db.Audit, schedule.tenant_id)
-        .where(db.Audit.schedule_id == schedule.id, db.Audit.status == "succeeded")
+        .where(db.Audit.schedule_id == schedule.id,
+               db.Audit.status == AuditStatus.SUCCEEDED.value)
         .order_by(db.Audit.finished_at.desc(), db.Audit.created_at.desc()).limit(1)
     ).first()
 
@@ -100,8 +104,6 @@ def dispatch_due(app: Flask, now: datetime | None = None, limit: int = 100) -> l
         The ids of the audits this call started (schedules claimed by another process,
         or whose model or dataset is gone, start nothing here).
     """
-    from api.resources.schedules import next_run
-
     now = db.as_utc(now) if now is not None else db.utcnow()
     started: list[str] = []
     with app.app_context():
@@ -152,40 +154,29 @@ def reap_stale(app: Flask, now: datetime | None = None) -> list[str]:
         max_attempts = int(app.config.get("AUDIT_MAX_ATTEMPTS", MAX_ATTEMPTS))
         session = db.session()
         rows = session.scalars(
-            select(db.Audit).where(db.Audit.status == "running",
+            select(db.Audit).where(db.Audit.status == AuditStatus.RUNNING.value,
                                    db.Audit.heartbeat_at < stale_before).limit(100)
         ).all()
         for audit in rows:
             give_up = (audit.attempts or 0) >= max_attempts
-            values = (
-                {"status": "failed", "error_code": "worker_lost", "finished_at": now,
-                 "error": f"the worker running this audit stopped {audit.attempts} times"}
-                # heartbeat_at of a queued audit is when it was last sent (see below).
-                if give_up else {"status": "queued", "stage": "requeued", "heartbeat_at": now}
-            )
-            res = session.execute(
-                update(db.Audit).where(db.Audit.id == audit.id, db.Audit.status == "running",
-                                       db.Audit.heartbeat_at == audit.heartbeat_at)
-                .values(**values).execution_options(synchronize_session=False))
-            session.commit()
-            if res.rowcount != 1:
+            # heartbeat_at of a queued audit is when it was last sent (see below).
+            applied = (lifecycle.give_up_stale(session, audit.id, audit.heartbeat_at,
+                                               audit.attempts, now) if give_up
+                       else lifecycle.requeue_stale(session, audit.id, audit.heartbeat_at,
+                                                    now))
+            if not applied:
                 continue
             touched.append(audit.id)
             if not give_up and not _send(app, audit.id):
                 return touched  # the broker is down: the queued sweep sends it later
         waiting = session.scalars(
             select(db.Audit).where(
-                db.Audit.status == "queued",
+                db.Audit.status == AuditStatus.QUEUED.value,
                 func.coalesce(db.Audit.heartbeat_at, db.Audit.created_at) < stale_before)
             .order_by(db.Audit.created_at).limit(100)
         ).all()
         for audit in waiting:
-            res = session.execute(
-                update(db.Audit).where(db.Audit.id == audit.id, db.Audit.status == "queued",
-                                       _same(db.Audit.heartbeat_at, audit.heartbeat_at))
-                .values(heartbeat_at=now).execution_options(synchronize_session=False))
-            session.commit()
-            if res.rowcount != 1:
+            if not lifecycle.mark_resent(session, audit.id, audit.heartbeat_at, now):
                 continue  # claimed, or sent by another beat process
             if not _send(app, audit.id):
                 break
@@ -193,15 +184,11 @@ def reap_stale(app: Flask, now: datetime | None = None) -> list[str]:
     return touched
 
 
-def _same(column, value):
-    return column.is_(None) if value is None else column == value
-
-
 def _send(app: Flask, audit_id: str) -> bool:
     """Send an audit's task again; a duplicate is harmless (the claim lets one run)."""
     try:
-        app.extensions["celery"].tasks["xaudit.audit"].apply_async(
-            args=[audit_id], task_id=f"audit-{audit_id}", ignore_result=True)
+        send_task(app.extensions["celery"], "xaudit.audit", [audit_id],
+                  task_id=f"audit-{audit_id}", ignore_result=True)
         return True
     except Exception as exc:
         log.warning("beat: could not send audit %s (%s); it stays queued and is sent "

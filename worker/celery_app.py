@@ -10,7 +10,8 @@ from worker.gpu import configure_gpus
 configure_gpus()
 
 from api import create_app  # noqa: E402
+from worker.app import celery_init_app  # noqa: E402
 
 flask_app = create_app()
-celery = flask_app.extensions["celery"]
+celery = celery_init_app(flask_app)
 app = celery

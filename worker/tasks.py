@@ -13,14 +13,11 @@ below).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import threading
 import time
-import zipfile
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -28,21 +25,21 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import func, or_, update
 from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
-from api import db
-from explain.errors import XauditError
+from api import db, lifecycle
+from api.lifecycle import AuditStatus
+from explain.audit.plan import npz_bytes
 from worker import webhooks  # noqa: F401 - registers xaudit.webhook with the app
 from worker.cache import ModelCache
 
 log = logging.getLogger("xaudit.worker")
 
 #: Errors worth retrying: the database or the broker blinked. Everything else is either
-#: the user's input (recorded as a failed audit with its code) or a bug (recorded too).
+#: the user's input (an XauditError, recorded with its code) or a bug (recorded as
+#: internal_error; see api.lifecycle.classify).
 TRANSIENT = (DBOperationalError, InterfaceError, KombuOperationalError, ConnectionError)
-USER_ERRORS = (XauditError, ValueError, TypeError)
 MAX_TRANSIENT_RETRIES = 5
 PROGRESS_EVERY = 0.5  # seconds between progress writes, stage changes excepted
 
@@ -103,7 +100,7 @@ def _explain_job(job_id: str) -> dict[str, Any]:
     if job is None:
         log.warning("explain job %s does not exist", job_id)
         return {"status": "missing"}
-    if job.status in ("succeeded", "failed"):
+    if job.status in (AuditStatus.SUCCEEDED, AuditStatus.FAILED):
         return {"status": job.status}
     model_row = session.get(db.ModelRow, job.model_id)
     req = job.request or {}
@@ -126,20 +123,18 @@ def _explain_job(job_id: str) -> dict[str, Any]:
             "completeness_gap": (None if att.completeness_gap is None
                                  else _finite_list(att.completeness_gap)),
         }
-        job.status, job.result = "succeeded", result
+        job.status, job.result = AuditStatus.SUCCEEDED.value, result
     except SoftTimeLimitExceeded:
-        job.status, job.error_code = "failed", "time_limit"
+        job.status, job.error_code = AuditStatus.FAILED.value, "time_limit"
         job.error = "the computation exceeded the time limit; ask for fewer rows or steps"
-    except USER_ERRORS as exc:
-        job.status = "failed"
-        job.error_code = getattr(exc, "code", None) or "invalid_request"
-        job.error = str(exc)[:2000]
     except TRANSIENT:
         raise
-    except Exception:
-        log.exception("explain job %s failed", job_id)
-        job.status, job.error_code = "failed", "internal_error"
-        job.error = "internal error while computing attributions"
+    except Exception as exc:
+        code, message = lifecycle.classify(exc, default_code="invalid_request",
+                                           context=f"explain job {job_id}")
+        job.status, job.error_code = AuditStatus.FAILED.value, code
+        job.error = (message[:2000] if code != lifecycle.INTERNAL
+                     else "internal error while computing attributions")
     job.finished_at = db.utcnow()
     session.commit()
     from api.jobwait import notify_done
@@ -170,52 +165,63 @@ def run_audit_task(self, audit_id: str) -> dict[str, Any]:
         if self.request.retries >= self.max_retries:
             _finish_failed(audit_id, "transient_error",
                            f"the database or broker kept failing: {type(exc).__name__}")
-            return {"status": "failed"}
+            return {"status": AuditStatus.FAILED.value}
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
 
 def _claim(audit_id: str) -> str:
     """Mark the audit running if it is queued or abandoned; return what happened."""
-    now = db.utcnow()
-    stale = now - timedelta(seconds=float(current_app.config["AUDIT_STALE_AFTER"]))
-    with db.engine().begin() as conn:
-        res = conn.execute(
-            update(db.Audit)
-            .where(db.Audit.id == audit_id,
-                   or_(db.Audit.status == "queued",
-                       (db.Audit.status == "running")
-                       & (or_(db.Audit.heartbeat_at.is_(None), db.Audit.heartbeat_at < stale))))
-            .values(status="running", attempts=db.Audit.attempts + 1, heartbeat_at=now,
-                    started_at=func.coalesce(db.Audit.started_at, now),
-                    stage="loading", error=None, error_code=None)
-        )
-        if res.rowcount == 1:
-            return "claimed"
-    audit = db.session().get(db.Audit, audit_id)
-    return "missing" if audit is None else audit.status
+    if lifecycle.claim(audit_id, float(current_app.config["AUDIT_STALE_AFTER"])):
+        return "claimed"
+    status = lifecycle.status_of(audit_id)
+    return "missing" if status is None else status.value
 
 
 def _release(audit_id: str) -> None:
     """Give a running audit back to the queue before a retry (best effort)."""
     try:
-        with db.engine().begin() as conn:
-            conn.execute(update(db.Audit).where(db.Audit.id == audit_id,
-                                                db.Audit.status == "running")
-                         .values(status="queued", stage="retrying"))
+        lifecycle.release(audit_id)
     except Exception:
         log.warning("could not release audit %s", audit_id, exc_info=True)
 
 
 def _finish_failed(audit_id: str, code: str, message: str) -> None:
-    with db.engine().begin() as conn:
-        res = conn.execute(
-            update(db.Audit)
-            .where(db.Audit.id == audit_id, db.Audit.status.in_(("running", "queued")))
-            .values(status="failed", error_code=code, error=message[:4000],
-                    finished_at=db.utcnow()))
-    if res.rowcount == 1:
+    if lifecycle.fail(audit_id, code, message):
         # Only the run that changed the row notifies, so one failure sends one webhook.
         webhooks.notify(audit_id)
+
+
+def _fail_with(audit_id: str, exc: BaseException, step: str = "", prefix: str = "",
+               default_code: str = "invalid_input",
+               internal_code: str = lifecycle.INTERNAL) -> None:
+    """Fail the audit for ``exc``: the user's error with its message, anything else as
+    ``internal_code`` (logged with its traceback; see :func:`api.lifecycle.classify`)."""
+    code, message = lifecycle.classify(exc, default_code=default_code, step=step,
+                                       context=f"audit {audit_id}",
+                                       internal_code=internal_code)
+    _finish_failed(audit_id, code, prefix + message)
+
+
+def _finish_succeeded(audit_id: str, attempt: int | None, timings: dict[str, Any],
+                      keys: tuple[str, str, str | None]) -> dict[str, Any]:
+    """The one end of a successful audit, for the single-task and the fan-out path."""
+    html_key, json_key, arrays_key = keys
+    if not lifecycle.succeed(audit_id, attempt=attempt, timings=timings, html_key=html_key,
+                             json_key=json_key, arrays_key=arrays_key):
+        log.info("audit %s was finished by another run; keeping its report", audit_id)
+        return {"status": "superseded"}
+    webhooks.notify(audit_id)
+    return {"status": AuditStatus.SUCCEEDED.value}
+
+
+def _store_result(result) -> tuple[str, str, str | None]:
+    """Render and store a result: (html key, json key, arrays key)."""
+    from reports import render_html, render_json
+
+    store = blobs()
+    return (store.put_bytes(render_html(result).encode("utf-8"), ".html"),
+            store.put_bytes(render_json(result).encode("utf-8"), ".json"),
+            store.put_bytes(npz_bytes(result.arrays), ".npz") if result.arrays else None)
 
 
 class _Progress:
@@ -240,13 +246,7 @@ class _Progress:
             return
         self.last_write = now
         fraction = float(min(1.0, max(0.0, fraction)))
-        with db.engine().begin() as conn:
-            res = conn.execute(
-                update(db.Audit).where(db.Audit.id == self.audit_id,
-                                       db.Audit.status == "running")
-                .values(stage=self.stage, progress=fraction, heartbeat_at=db.utcnow(),
-                        timings=dict(self.timings)))
-        if res.rowcount == 0:
+        if not lifecycle.progress(self.audit_id, self.stage, fraction, self.timings):
             raise AuditSuperseded(self.audit_id)
 
     def finish(self) -> dict[str, float]:
@@ -284,26 +284,10 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self.stopped.wait(self.every):
             try:
-                with self.app.app_context(), db.engine().begin() as conn:
-                    conn.execute(update(db.Audit).where(
-                        db.Audit.id == self.audit_id, db.Audit.status == "running",
-                        db.Audit.attempts == self.attempt).values(heartbeat_at=db.utcnow()))
+                with self.app.app_context():
+                    lifecycle.heartbeat(self.audit_id, self.attempt)
             except Exception:
                 log.warning("audit %s: heartbeat write failed", self.audit_id, exc_info=True)
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """Arrays as .npz bytes that depend only on the arrays (fixed zip timestamps), so a
-    re-run stores the same blob."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            member = io.BytesIO()
-            np.save(member, np.asarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, member.getvalue())
-    return buf.getvalue()
 
 
 def load_previous(audit: db.Audit):
@@ -318,7 +302,8 @@ def load_previous(audit: db.Audit):
     if not audit.previous_audit_id:
         return None
     prev = db.session().get(db.Audit, audit.previous_audit_id)
-    if prev is None or prev.tenant_id != audit.tenant_id or prev.status != "succeeded":
+    if (prev is None or prev.tenant_id != audit.tenant_id
+            or prev.status != AuditStatus.SUCCEEDED):
         return None
     try:
         report = json.loads(blobs().read_bytes(prev.report_json_key))
@@ -347,7 +332,7 @@ def _name_previous(result, previous_audit_id: str | None) -> None:
 def _run_audit(task, audit_id: str) -> dict[str, Any]:
     claimed = _claim(audit_id)
     if claimed != "claimed":
-        if claimed == "running":
+        if claimed == AuditStatus.RUNNING:
             # Another worker holds it and is alive; look again once it could be stale.
             raise task.retry(countdown=float(current_app.config["AUDIT_STALE_AFTER"]),
                              max_retries=None)
@@ -372,7 +357,6 @@ def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
         # of leaving its row running.
         from explain.audit import run_audit  # noqa: I001
         from explain.datasets import load_data_file
-        from reports import render_html, render_json
 
         progress("loading", 0.0)
         data = load_data_file(blobs().path(dataset_row.blob_key), label=dataset_row.label)
@@ -385,40 +369,19 @@ def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
         if previous is not None:
             _name_previous(result, audit.previous_audit_id)
         progress("storing", 0.99)
-        store = blobs()
-        html_key = store.put_bytes(render_html(result).encode("utf-8"), ".html")
-        json_key = store.put_bytes(render_json(result).encode("utf-8"), ".json")
-        arrays_key = store.put_bytes(npz_bytes(result.arrays), ".npz") if result.arrays else None
+        keys = _store_result(result)
     except AuditSuperseded:
         log.info("audit %s was taken over elsewhere; stopping", audit_id)
         return {"status": "superseded"}
     except SoftTimeLimitExceeded:
         _finish_failed(audit_id, "time_limit", "the audit exceeded its time limit")
-        return {"status": "failed"}
-    except USER_ERRORS as exc:
-        _finish_failed(audit_id, getattr(exc, "code", None) or "invalid_input", str(exc))
-        return {"status": "failed"}
+        return {"status": AuditStatus.FAILED.value}
     except TRANSIENT:
         raise
     except Exception as exc:
-        log.exception("audit %s failed", audit_id)
-        _finish_failed(audit_id, "internal_error",
-                       f"internal error ({type(exc).__name__}); see the worker log")
-        return {"status": "failed"}
-
-    timings = progress.finish()
-    with db.engine().begin() as conn:
-        res = conn.execute(
-            update(db.Audit).where(db.Audit.id == audit_id, db.Audit.status == "running")
-            .values(status="succeeded", progress=1.0, stage="done", timings=timings,
-                    report_html_key=html_key, report_json_key=json_key,
-                    arrays_key=arrays_key, finished_at=db.utcnow(),
-                    heartbeat_at=db.utcnow()))
-    if res.rowcount == 0:
-        log.info("audit %s was finished by another run; keeping its report", audit_id)
-        return {"status": "superseded"}
-    webhooks.notify(audit_id)
-    return {"status": "succeeded"}
+        _fail_with(audit_id, exc)
+        return {"status": AuditStatus.FAILED.value}
+    return _finish_succeeded(audit_id, None, progress.finish(), keys)
 
 
 # --------------------------------------------------------------------------- fanned-out audits
@@ -454,7 +417,8 @@ def _holds(audit_id: str, attempt: int) -> bool:
     session = db.session()
     session.expire_all()  # another process may have changed the row since we last read it
     audit = session.get(db.Audit, audit_id)
-    return audit is not None and audit.status == "running" and int(audit.attempts) == attempt
+    return (audit is not None and audit.status == AuditStatus.RUNNING
+            and int(audit.attempts) == attempt)
 
 
 def _guarded(audit_id: str, step: str, work):
@@ -465,14 +429,10 @@ def _guarded(audit_id: str, step: str, work):
         log.info("audit %s was taken over elsewhere; stopping", audit_id)
     except SoftTimeLimitExceeded:
         _finish_failed(audit_id, "time_limit", f"the audit exceeded its time limit ({step})")
-    except USER_ERRORS as exc:
-        _finish_failed(audit_id, getattr(exc, "code", None) or "invalid_input", str(exc))
     except TRANSIENT:
         raise
     except Exception as exc:
-        log.exception("audit %s failed (%s)", audit_id, step)
-        _finish_failed(audit_id, "internal_error",
-                       f"internal error ({type(exc).__name__}) in {step}; see the worker log")
+        _fail_with(audit_id, exc, step)
     return None
 
 
@@ -498,7 +458,7 @@ def _start_fanout(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
 
     got = _guarded(audit_id, "prepare", work)
     if got is None:
-        return {"status": "failed"}
+        return {"status": AuditStatus.FAILED.value}
     plan, plan_key = got
     chunks = plan.chunks()
     try:
@@ -517,19 +477,9 @@ def _start_fanout(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
 
 def _advance(audit_id: str, attempt: int, share: float) -> None:
     """One more chunk done: move progress by its share of the attribution stage."""
-    from sqlalchemy import case
-
     from explain.audit import stage_span
 
-    hi = stage_span("attributions")[1]
-    moved = db.Audit.progress + share
-    with db.engine().begin() as conn:
-        # A redelivered chunk may count twice; the cap keeps progress inside the stage.
-        conn.execute(update(db.Audit).where(db.Audit.id == audit_id,
-                                            db.Audit.status == "running",
-                                            db.Audit.attempts == attempt)
-                     .values(progress=case((moved > hi, hi), else_=moved),
-                             heartbeat_at=db.utcnow()))
+    lifecycle.advance(audit_id, attempt, share, stage_span("attributions")[1])
 
 
 @shared_task(name="xaudit.audit_chunk", bind=True, max_retries=MAX_TRANSIENT_RETRIES)
@@ -541,7 +491,7 @@ def audit_chunk(self, audit_id: str, attempt: int, plan_key: str, method: str, s
     same blob) and returns its key with where it ran. A failure fails the audit with the
     chunk named, and is raised so the chord does not assess.
     """
-    from explain.audit import AuditPlan, attribute_chunk, npz_bytes, stage_span
+    from explain.audit import AuditPlan, attribute_chunk, stage_span
 
     where = {"method": method, "start": int(start), "stop": int(stop),
              "worker": self.request.hostname, "pid": os.getpid()}
@@ -567,14 +517,10 @@ def audit_chunk(self, audit_id: str, attempt: int, plan_key: str, method: str, s
                        f"{start}-{stop} exceeded the audit's time limit")
         raise
     except Exception as exc:
-        if isinstance(exc, USER_ERRORS):
-            why = str(exc)
-        else:
-            # Not the user's doing: the detail (paths, internals) stays in the worker log.
-            log.exception("audit %s: chunk %s %d:%d failed", audit_id, method, start, stop)
-            why = f"internal error ({type(exc).__name__}); see the worker log"
-        _finish_failed(audit_id, getattr(exc, "code", None) or "attribution_failed",
-                       f"attribution chunk {method} rows {start}-{stop} failed: {why}")
+        # Not the user's doing: the detail (paths, internals) stays in the worker log.
+        _fail_with(audit_id, exc,
+                   prefix=f"attribution chunk {method} rows {start}-{stop} failed: ",
+                   default_code="attribution_failed", internal_code="attribution_failed")
         raise
     lo, hi = stage_span("attributions")
     _advance(audit_id, attempt, (hi - lo) / max(1, int(total)))
@@ -600,7 +546,7 @@ def audit_assess(self, results: list[dict[str, Any]], audit_id: str, attempt: in
         if self.request.retries >= self.max_retries:
             _finish_failed(audit_id, "transient_error",
                            f"the database or broker kept failing: {type(exc).__name__}")
-            return {"status": "failed"}
+            return {"status": AuditStatus.FAILED.value}
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
 
@@ -621,8 +567,6 @@ def _audit_assess(results, audit_id, attempt, plan_key, prepare_timings):
                  for r in results]
 
     def work():
-        from reports import render_html, render_json
-
         plan = AuditPlan.from_bytes(blobs().read_bytes(plan_key))
         chunks = {(r["method"], int(r["start"]), int(r["stop"])):
                   npz_load(blobs().read_bytes(r["key"])) for r in results}
@@ -634,30 +578,14 @@ def _audit_assess(results, audit_id, attempt, plan_key, prepare_timings):
         if previous is not None:
             _name_previous(result, audit.previous_audit_id)
         progress("storing", 0.99)
-        store = blobs()
-        return (store.put_bytes(render_html(result).encode("utf-8"), ".html"),
-                store.put_bytes(render_json(result).encode("utf-8"), ".json"),
-                store.put_bytes(npz_bytes(result.arrays), ".npz") if result.arrays else None)
+        return _store_result(result)
 
     with _Heartbeat(audit_id, attempt):
         keys = _guarded(audit_id, "assess", work)
     if keys is None:
-        return {"status": "failed"}
-    html_key, json_key, arrays_key = keys
+        return {"status": AuditStatus.FAILED.value}
     timings = {**prepare_timings, **progress.finish(), "attribution_chunks": chunk_log}
-    with db.engine().begin() as conn:
-        res = conn.execute(
-            update(db.Audit).where(db.Audit.id == audit_id, db.Audit.status == "running",
-                                   db.Audit.attempts == attempt)
-            .values(status="succeeded", progress=1.0, stage="done", timings=timings,
-                    report_html_key=html_key, report_json_key=json_key,
-                    arrays_key=arrays_key, finished_at=db.utcnow(),
-                    heartbeat_at=db.utcnow()))
-    if res.rowcount == 0:
-        log.info("audit %s was finished by another run; keeping its report", audit_id)
-        return {"status": "superseded"}
-    webhooks.notify(audit_id)
-    return {"status": "succeeded"}
+    return _finish_succeeded(audit_id, attempt, timings, keys)
 
 
 # --------------------------------------------------------------------------- housekeeping

@@ -50,6 +50,7 @@ from flask import current_app, url_for
 
 from api import db
 from api import webhook_policy as _policy
+from api.queue import DEFAULT
 
 log = logging.getLogger("xaudit.webhooks")
 
@@ -206,8 +207,6 @@ def notify(audit_id: str) -> bool:
     Called once per audit, by the run that finished its row (the compare-and-set on the
     status makes that one run). Never raises: a webhook must not undo a finished audit.
     """
-    from worker.app import DEFAULT
-
     try:
         session = db.session()
         audit = session.get(db.Audit, audit_id)
@@ -250,8 +249,6 @@ def deliver_webhook(self, audit_id: str) -> dict[str, Any]:
 def _deliver(audit_id: str) -> dict[str, Any]:
     import requests
 
-    from api.resources.schedules import allow_private_webhooks, allowed_hosts
-
     session = db.session()
     audit = session.get(db.Audit, audit_id)
     if audit is None or not audit.schedule_id:
@@ -262,8 +259,9 @@ def _deliver(audit_id: str) -> dict[str, Any]:
     # Checked again now, after resolving the name: the address posted to is the one
     # judged public (a name re-pointed at 127.0.0.1 since creation is refused here).
     try:
-        target, address = _policy.resolve_public(schedule.webhook_url, allowed_hosts(),
-                                                 allow_private_webhooks())
+        target, address = _policy.resolve_public(
+            schedule.webhook_url, _policy.allowed_hosts(current_app.config),
+            _policy.allow_private(current_app.config))
     except _policy.WebhookRefused as exc:
         log.warning("schedule %s: webhook not sent: %s", schedule.id, exc.message)
         return {"status": "refused", "reason": exc.message}

@@ -11,6 +11,7 @@ from flask import Response, current_app, url_for
 from api import db, limits, services
 from api.auth import auth, current_tenant_id
 from api.errors import abort
+from api.lifecycle import AuditStatus
 from api.resources.datasets import get_dataset_or_404
 from api.resources.models import get_model_or_404
 from api.schemas import AuditIn, AuditListOut, AuditOut, StatusQuery
@@ -79,7 +80,7 @@ def create_audit(json_data):
     previous_id = json_data.get("previous_audit_id")
     if previous_id is not None:
         previous = get_audit_or_404(previous_id)
-        if previous.status != "succeeded":
+        if previous.status != AuditStatus.SUCCEEDED:
             abort(422, "previous_not_succeeded",
                   "previous_audit_id must name a succeeded audit (drift needs its results)")
     try:
@@ -122,7 +123,7 @@ def get_audit(audit_id: str):
 def _report_blob(audit_id: str, attr: str) -> bytes:
     audit = get_audit_or_404(audit_id)
     key = getattr(audit, attr)
-    if audit.status != "succeeded" or not key:
+    if audit.status != AuditStatus.SUCCEEDED or not key:
         abort(409, "report_not_ready",
               f"the audit is {audit.status}; its report exists once it has succeeded")
     try:

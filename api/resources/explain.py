@@ -18,6 +18,7 @@ from flask import current_app, url_for
 from api import db, jobwait, limits
 from api.auth import auth, current_tenant_id
 from api.errors import abort
+from api.queue import send_task
 from api.resources.models import get_model_or_404
 from api.schemas import ExplainIn, ExplainOut
 
@@ -139,10 +140,9 @@ def explain(json_data):
     session.commit()
     celery = current_app.extensions["celery"]
     try:
-        # Through the task object (not send_task) so an eager test config runs it inline.
         # No Celery result: the worker wakes this request through api.jobwait.
-        celery.tasks["xaudit.explain"].apply_async(args=[job.id], task_id=f"explain-{job.id}",
-                                                   ignore_result=True)
+        send_task(celery, "xaudit.explain", [job.id], task_id=f"explain-{job.id}",
+                  ignore_result=True)
     except Exception as exc:
         log.error("could not enqueue explain job %s: %s", job.id, exc)
         job.status, job.error_code = "failed", "broker_unavailable"
@@ -191,8 +191,8 @@ def _resend_if_lost(job: db.ExplainJob) -> None:
     if not jobwait.claim_resend(current_app.config, job.id, after):
         return
     try:
-        current_app.extensions["celery"].tasks["xaudit.explain"].apply_async(
-            args=[job.id], task_id=f"explain-{job.id}", ignore_result=True)
+        send_task(current_app.extensions["celery"], "xaudit.explain", [job.id],
+                  task_id=f"explain-{job.id}", ignore_result=True)
         log.info("re-sent explain job %s, queued for over %.0f s", job.id, after)
     except Exception as exc:
         log.warning("could not re-send explain job %s: %s", job.id, exc)

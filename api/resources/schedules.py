@@ -15,33 +15,22 @@ comma-separated list of host names; ``*.example.com`` allows the subdomains).
 
 from __future__ import annotations
 
-import re
 import secrets
-from datetime import datetime, timedelta
 from typing import Any
 
 from apiflask import APIBlueprint, Schema
 from apiflask.fields import Boolean, Dict, String
 from apiflask.validators import Length, OneOf
-from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from flask import current_app
 
-from api import db, limits
+from api import db, limits, webhook_policy
 from api.auth import auth, current_tenant_id
+from api.cron import next_run, validate_cron
 from api.errors import abort
 from api.resources.audits import check_data_fits_model, validate_config
 from api.schemas import ListQuery, Name, ScheduleListOut
 
 bp = APIBlueprint("schedules", __name__, tag="Schedules")
-
-#: Characters a cron field may hold: numbers, names (jan, mon), ``*``, ``,``, ``-``, ``/``.
-#: croniter also accepts hashed (``H``) and random (``R``) fields and ``#``/``?``; they are
-#: refused so a schedule means the same thing to every reader.
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*,/\-]+$")
-_CRON_EXTENSIONS = re.compile(r"(^|[^a-z])[hr]([^a-z]|$)", re.IGNORECASE)
-#: A schedule must fire at least once in this long: "0 0 30 2 *" (February 30th) never does.
-MAX_GAP = timedelta(days=366 * 5)
-
 
 class ScheduleCreateIn(Schema):
     cron = String(required=True, validate=Length(min=1, max=128),
@@ -80,57 +69,14 @@ class ScheduleCreatedOut(ScheduleOutSchema):
         metadata={"description": "Signs the webhook deliveries. Shown only in this answer."})
 
 
-def next_run(cron: str, after: datetime) -> datetime:
-    """The first cron time strictly after ``after`` (UTC)."""
-    return croniter(cron, db.as_utc(after)).get_next(datetime)
-
-
-def validate_cron(cron: str, now: datetime | None = None) -> str:
-    """The expression with its whitespace normalised, or a 422 saying what is wrong.
-
-    Five fields only: a sixth (seconds) field would let one tenant start an audit every
-    second and flood the workers; once a minute is the finest a schedule can ask for.
-    """
-    cron = " ".join(str(cron).split())
-    fields = cron.split(" ")
-    if len(fields) != 5:
-        abort(422, "bad_cron",
-              f"cron must have five fields (minute hour day month weekday), got "
-              f"{len(fields)}: seconds fields, @aliases and years are not accepted")
-    if not all(_CRON_FIELD.match(f) for f in fields) or _CRON_EXTENSIONS.search(cron):
-        abort(422, "bad_cron", "cron fields may hold numbers, month and weekday names, "
-                               "'*', ',', '-' and '/' only")
-    try:
-        valid = croniter.is_valid(cron)
-    except (CroniterBadCronError, ValueError, KeyError):
-        valid = False
-    if not valid:
-        abort(422, "bad_cron", f"{cron!r} is not a valid cron expression "
-                               "(minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-7)")
-    now = now or db.utcnow()
-    try:
-        first = next_run(cron, now)
-    except (CroniterBadDateError, CroniterBadCronError, ValueError):
-        abort(422, "bad_cron", f"{cron!r} never fires (a day that no month has?)")
-    if first - now > MAX_GAP:
-        abort(422, "bad_cron", f"{cron!r} fires less than once every five years")
-    return cron
-
-
 def allowed_hosts() -> list[str]:
     """``XAUDIT_WEBHOOK_ALLOWED_HOSTS`` as a list (empty: any host)."""
-    raw = current_app.config.get("WEBHOOK_ALLOWED_HOSTS") or []
-    if isinstance(raw, str):
-        raw = raw.split(",")
-    return [str(h).strip().lower() for h in raw if str(h).strip()]
+    return webhook_policy.allowed_hosts(current_app.config)
 
 
 def allow_private_webhooks() -> bool:
     """``XAUDIT_WEBHOOK_ALLOW_PRIVATE``: webhooks may go to private and loopback hosts."""
-    raw = current_app.config.get("WEBHOOK_ALLOW_PRIVATE")
-    if isinstance(raw, str):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return bool(raw)
+    return webhook_policy.allow_private(current_app.config)
 
 
 def validate_webhook_url(url: str) -> str:

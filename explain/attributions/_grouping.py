@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from explain.errors import InputError, InputTypeError
+
 
 @dataclass(frozen=True)
 class Grouping:
@@ -61,11 +63,11 @@ class Grouping:
 def _as_int_map(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer array of shape {shape}, got {value!r:.80}")
+        raise InputTypeError(f"{name} must be an integer array of shape {shape}, got {value!r:.80}")
     if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+        raise InputError(f"{name} must have shape {shape}, got {arr.shape}")
     if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} must hold group ids >= 0")
+        raise InputError(f"{name} must hold group ids >= 0")
     return arr
 
 
@@ -145,7 +147,7 @@ def image_groups(x: np.ndarray, groups: Any, grid: Any) -> Grouping:
     if isinstance(groups, str) or groups is None:
         kind = "grid" if groups is None else groups
         if kind not in ("grid", "superpixels"):
-            raise ValueError(
+            raise InputError(
                 f"groups must be 'grid', 'superpixels' or an int array of shape ({h}, {w}); "
                 f"got {groups!r}"
             )
@@ -153,9 +155,9 @@ def image_groups(x: np.ndarray, groups: Any, grid: Any) -> Grouping:
             grid = 8 if min(h, w) >= 16 else 4
             grid = min(grid, h, w)
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)):
-            raise TypeError(f"grid must be an integer >= 1, got {grid!r}")
+            raise InputTypeError(f"grid must be an integer >= 1, got {grid!r}")
         if not 1 <= grid <= min(h, w):
-            raise ValueError(f"grid must be in [1, {min(h, w)}] for {h}x{w} images, got {grid}")
+            raise InputError(f"grid must be in [1, {min(h, w)}] for {h}x{w} images, got {grid}")
         grid = int(grid)
         if kind == "grid":
             pix = grid_map(h, w, grid)
@@ -163,7 +165,7 @@ def image_groups(x: np.ndarray, groups: Any, grid: Any) -> Grouping:
         maps = superpixel_maps(x, grid)
         return Grouping(np.repeat(maps.reshape(n, -1), c, axis=1), grid * grid, maps)
     if grid is not None:
-        raise ValueError("grid applies only to groups='grid' or groups='superpixels'")
+        raise InputError("grid applies only to groups='grid' or groups='superpixels'")
     pix = _as_int_map("groups", groups, (h, w))
     _, inverse = np.unique(pix.reshape(-1), return_inverse=True)
     pix = inverse.reshape(h, w).astype(np.int64)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from explain._backend import keras, tf
+from explain.errors import InputError, InputTypeError
 
 DEFAULT_BATCH_SIZE = 128
 
@@ -30,12 +31,12 @@ def model_input_shape(model: keras.Model) -> tuple[int | None, ...]:
     """The model's single input shape, batch dimension included (``(None, ...)``)."""
     inputs = getattr(model, "inputs", None)
     if not inputs:
-        raise ValueError(
+        raise InputError(
             "the model has no defined input; build it with keras.Input(...) or call it once "
             "on data before explaining it"
         )
     if len(inputs) != 1:
-        raise ValueError(
+        raise InputError(
             f"xaudit explains models with one input tensor; this model has {len(inputs)}"
         )
     return tuple(inputs[0].shape)
@@ -59,29 +60,29 @@ def as_inputs(model: keras.Model, x: Any, *, name: str = "x") -> np.ndarray:
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be a numeric array; could not convert it: {exc}") from None
+        raise InputTypeError(f"{name} must be a numeric array; could not convert it: {exc}") from None
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
-        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+        raise InputTypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     expected = model_input_shape(model)
     if arr.ndim != len(expected):
-        raise ValueError(
+        raise InputError(
             f"{name} must have shape (N, {', '.join(str(d) for d in expected[1:])}) "
             f"(rank {len(expected)}), got shape {arr.shape}"
         )
     for axis, (got, want) in enumerate(zip(arr.shape[1:], expected[1:], strict=True), start=1):
         if want is not None and got != want:
-            raise ValueError(
+            raise InputError(
                 f"{name} must have shape (N, {', '.join(str(d) for d in expected[1:])}); "
                 f"axis {axis} is {got}, expected {want} (got shape {arr.shape})"
             )
     if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty: it has no rows")
+        raise InputError(f"{name} is empty: it has no rows")
     arr = arr.astype(np.float32, copy=False)
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(
+        raise InputError(
             f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})"
         )
     return arr
@@ -89,16 +90,16 @@ def as_inputs(model: keras.Model, x: Any, *, name: str = "x") -> np.ndarray:
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InputTypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
     """``value`` as a bool; TypeError unless it is a Python or numpy bool."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise InputTypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 
 
@@ -140,7 +141,7 @@ class ModelFunction:
 
     def __init__(self, model: keras.Model, output: int | str | None = None, logits: bool = False):
         if not isinstance(model, keras.Model):
-            raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a keras.Model, got {type(model).__name__}")
         self.model = model
         self.input_shape = model_input_shape(model)
         n_heads = len(model.outputs) if getattr(model, "outputs", None) else 1
@@ -165,18 +166,18 @@ class ModelFunction:
         names = list(getattr(model, "output_names", None) or [])
         if isinstance(output, str):
             if output not in names:
-                raise ValueError(f"unknown output {output!r}; the model's outputs are {names}")
+                raise InputError(f"unknown output {output!r}; the model's outputs are {names}")
             return names.index(output)
         if isinstance(output, bool) or not isinstance(output, (int, np.integer)):
-            raise TypeError(f"output must be an int index or an output name, got {output!r}")
+            raise InputTypeError(f"output must be an int index or an output name, got {output!r}")
         if not 0 <= int(output) < n_heads:
-            raise ValueError(f"output must be in [0, {n_heads - 1}], got {output}")
+            raise InputError(f"output must be in [0, {n_heads - 1}], got {output}")
         return int(output)
 
     def _build_forward(self, model: keras.Model, layer: keras.layers.Layer):
         act = _activation_name(layer)
         if act not in _SQUASHING:
-            raise ValueError(
+            raise InputError(
                 f"logits=True needs an output ending in softmax or sigmoid; this output's "
                 f"final activation is {act!r}"
             )
@@ -341,14 +342,14 @@ def resolve_targets_with_predictions(
     else:
         arr = np.asarray(target)
         if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(
+            raise InputTypeError(
                 f"target must be None, an int, or an int array of shape ({n},); got {target!r:.80}"
             )
         if arr.shape != (n,):
-            raise ValueError(f"target must have shape ({n},) (one per row), got {arr.shape}")
+            raise InputError(f"target must have shape ({n},) (one per row), got {arr.shape}")
         t = arr.astype(np.int64)
     if np.any(t < 0) or np.any(t >= k):
-        raise ValueError(f"target must be in [0, {k - 1}] for this output of width {k}")
+        raise InputError(f"target must be in [0, {k - 1}] for this output of width {k}")
     return t, None
 
 

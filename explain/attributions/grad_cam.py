@@ -35,6 +35,7 @@ from explain.attributions.base import (
     model_input_shape,
 )
 from explain.attributions.registry import register
+from explain.errors import InputError, InputTypeError
 
 __all__ = ["find_layer", "gradcam_candidate_layers", "grad_cam_maps", "grad_cam_weights",
            "grad_cam_plus_plus_weights"]
@@ -111,7 +112,7 @@ def gradcam_candidate_layers(model: keras.Model) -> list[str]:
     Gradient-based Localization", ICCV 2017 (the last convolutional layer as default).
     """
     if not _is_graph_model(model):
-        raise TypeError(
+        raise InputTypeError(
             f"Grad-CAM needs a functional or Sequential Keras model, got {type(model).__name__}"
         )
     return [_path(c) for c in _walk(model) if _is_spatial(_output_shape(c[-1]))]
@@ -123,14 +124,14 @@ def _resolve_chain(model: keras.Model, name: str | None) -> tuple:
     if name is None:
         spatial = [c for c in chains if _is_spatial(_output_shape(c[-1]))]
         if not spatial:
-            raise ValueError(
+            raise InputError(
                 "Grad-CAM needs a convolutional/spatial layer (an output of shape "
                 "(N, h, w, c) with h, w > 1); this model has none. Use a method that "
                 "explains the input directly, such as integrated_gradients or shap."
             )
         return spatial[-1]
     if not isinstance(name, str):
-        raise TypeError(f"layer must be a layer name (str), got {name!r}")
+        raise InputTypeError(f"layer must be a layer name (str), got {name!r}")
     matches = [c for c in chains if _path(c) == name] or [
         c for c in chains if c[-1].name == name
     ]
@@ -138,9 +139,9 @@ def _resolve_chain(model: keras.Model, name: str | None) -> tuple:
         candidates = gradcam_candidate_layers(model)
         hint = (f"layers Grad-CAM can use: {candidates}" if candidates
                 else "this model has no convolutional/spatial layer Grad-CAM can use")
-        raise ValueError(f"unknown layer {name!r}; {hint}")
+        raise InputError(f"unknown layer {name!r}; {hint}")
     if len(matches) > 1:
-        raise ValueError(
+        raise InputError(
             f"layer name {name!r} is ambiguous; use one of the paths "
             f"{[_path(c) for c in matches]}"
         )
@@ -171,7 +172,7 @@ def find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
     Ref. Selvaraju et al., ICCV 2017 (the layer whose activations Grad-CAM weights).
     """
     if not _is_graph_model(model):
-        raise TypeError(
+        raise InputTypeError(
             f"Grad-CAM needs a functional or Sequential Keras model, got {type(model).__name__}"
         )
     return _resolve_chain(model, name)[-1]
@@ -219,7 +220,7 @@ def _split_model(model: keras.Model, chain: tuple,
     def call(layer, *args, **kwargs):
         if layer is first:
             if captured:
-                raise ValueError(
+                raise InputError(
                     f"layer {first.name!r} is called more than once in the model; Grad-CAM "
                     "needs a layer with a single use"
                 )
@@ -249,7 +250,7 @@ def _split_model(model: keras.Model, chain: tuple,
         inputs = clone.inputs[0] if len(clone.inputs) == 1 else clone.inputs
         outputs = list(clone.outputs)
     if not captured:
-        raise ValueError(f"layer {_path(chain)!r} is not on the path to the model's output")
+        raise InputError(f"layer {_path(chain)!r} is not on the path to the model's output")
     return keras.Model(inputs, [captured[0], *outputs])
 
 
@@ -321,7 +322,7 @@ class _CamFunction:
                 scores = gather_targets(out, targets)
             grads = tape.gradient(scores, act)
             if grads is None:
-                raise ValueError("the explained output does not depend on this layer")
+                raise InputError("the explained output does not depend on this layer")
             act = tf.cast(act, tf.float32)
             raw = grad_cam_maps(act, weigh(act, tf.cast(grads, tf.float32)))
             up = tf.image.resize(raw[..., None], size, method="bilinear")[..., 0]
@@ -358,25 +359,25 @@ def _run(method: str, mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
          batch_size: int, layer: str | None, normalize: bool) -> Attribution:
     model = mf.model
     if not _is_graph_model(model):
-        raise TypeError(
+        raise InputTypeError(
             f"Grad-CAM needs a functional or Sequential Keras model, got {type(model).__name__}"
         )
     chain = _resolve_chain(model, layer)
     shape = _output_shape(chain[-1])
     if not _is_spatial(shape, strict=False):
-        raise ValueError(
+        raise InputError(
             f"layer {_path(chain)!r} has output shape {shape}; Grad-CAM needs a "
             f"convolutional/spatial layer with a 4-D output (N, h, w, c). Candidates: "
             f"{gradcam_candidate_layers(model)}"
         )
     in_shape = model_input_shape(model)
     if len(in_shape) != 4 or in_shape[1] is None or in_shape[2] is None:
-        raise ValueError(
+        raise InputError(
             f"Grad-CAM maps are drawn at the input's height and width; it needs an image "
             f"input (N, H, W, C) with fixed H and W, got {in_shape}"
         )
     if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+        raise InputTypeError(f"normalize must be True or False, got {normalize!r}")
     size = (int(in_shape[1]), int(in_shape[2]))
     fn = _cam_function(mf, chain, size)
     raws, ups, scores = [], [], []

@@ -28,6 +28,7 @@ from explain.attributions.base import (
     stream_chunks,
 )
 from explain.attributions.registry import register
+from explain.errors import InputError, InputTypeError
 
 # --------------------------------------------------------------------------- quadrature rules
 
@@ -41,7 +42,7 @@ def _riemann(offset: float) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
 
 def _trapezoid(n: int) -> tuple[np.ndarray, np.ndarray]:
     if n < 2:
-        raise ValueError(f"steps must be an integer >= 2 for rule 'riemann_trapezoid', got {n}")
+        raise InputError(f"steps must be an integer >= 2 for rule 'riemann_trapezoid', got {n}")
     weights = np.full(n, 1.0 / (n - 1))
     weights[[0, -1]] *= 0.5
     return np.linspace(0.0, 1.0, n), weights
@@ -81,7 +82,7 @@ def rule_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         which sum to 1.
     """
     if not isinstance(rule, str) or rule not in RULES:
-        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
+        raise InputError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     alphas, weights = _cached_points(rule, check_positive_int("steps", steps))
     return alphas.copy(), weights.copy()
 
@@ -271,7 +272,7 @@ class _Baselines:
                 self.high = x.reshape(len(x), -1).max(axis=1)
                 self._uniform = True
             else:
-                raise ValueError(
+                raise InputError(
                     "baseline must be 'zeros', 'blur', 'uniform', a number, or an array of "
                     f"shape {x.shape[1:]} or {x.shape}; got {spec!r}"
                 )
@@ -279,7 +280,7 @@ class _Baselines:
             spec, (bool, np.bool_)
         ):
             if not np.isfinite(spec):
-                raise ValueError(f"baseline must be a finite number, got {spec!r}")
+                raise InputError(f"baseline must be a finite number, got {spec!r}")
             self._fixed = np.full((1, *x.shape[1:]), spec, np.float32)
         else:
             self._fixed = _baseline_array(spec, x)
@@ -310,27 +311,27 @@ def _baseline_array(spec: Any, x: np.ndarray) -> np.ndarray:
     try:
         arr = np.asarray(spec)
     except Exception as exc:  # ragged nested lists
-        raise TypeError(f"baseline array could not be converted: {exc}") from None
+        raise InputTypeError(f"baseline array could not be converted: {exc}") from None
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
-        raise TypeError(f"baseline must be numeric, got dtype {arr.dtype}")
+        raise InputTypeError(f"baseline must be numeric, got dtype {arr.dtype}")
     if arr.shape == x.shape[1:]:
         arr = arr[None]
     elif arr.shape != x.shape:
-        raise ValueError(
+        raise InputError(
             f"baseline array must have shape {x.shape[1:]} (one for all rows) or {x.shape} "
             f"(one per row), got {arr.shape}"
         )
     arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
-        raise ValueError("baseline contains NaN or Inf")
+        raise InputError("baseline contains NaN or Inf")
     return arr
 
 
 def _blurred(x: np.ndarray, sigma: Any) -> np.ndarray:
     if x.ndim < 3:
-        raise ValueError(
+        raise InputError(
             f"baseline='blur' needs image (N, H, W, C) or sequence (N, T, F) inputs; "
             f"got shape {x.shape}"
         )
@@ -339,9 +340,9 @@ def _blurred(x: np.ndarray, sigma: Any) -> np.ndarray:
         # An eighth of the smallest blurred extent removes detail but keeps coarse layout.
         sigma = max(1.0, min(blur_axes) / 8.0)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)):
-        raise TypeError(f"blur_sigma must be a positive number or None, got {sigma!r}")
+        raise InputTypeError(f"blur_sigma must be a positive number or None, got {sigma!r}")
     if not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"blur_sigma must be a positive number, got {sigma}")
+        raise InputError(f"blur_sigma must be a positive number, got {sigma}")
     # Blur the spatial (or time) axes only; channels / features are never mixed.
     sigmas = (0.0, *([float(sigma)] * len(blur_axes)), 0.0)
     return gaussian_filter(x, sigma=sigmas, mode="nearest").astype(np.float32)

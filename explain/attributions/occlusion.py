@@ -20,6 +20,7 @@ from explain.attributions.base import (
     stream_chunks,
 )
 from explain.attributions.registry import register
+from explain.errors import InputError, InputTypeError
 
 
 def _sliding_axes(shape: tuple[int, ...]) -> int:
@@ -38,13 +39,13 @@ def _as_extent(name: str, value: Any, shape: tuple[int, ...], whole: tuple[int, 
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (value,) * n_slide
     if not isinstance(value, (tuple, list)):
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be an int or a tuple of {n_slide} or {len(shape)} ints, got {value!r}"
         )
     if len(value) == n_slide:
         value = (*value, *whole[n_slide:])
     elif len(value) != len(shape):
-        raise ValueError(
+        raise InputError(
             f"{name} must have {n_slide} (sliding axes) or {len(shape)} (all axes) entries "
             f"for inputs of shape (N, {', '.join(map(str, shape))}), got {tuple(value)}"
         )
@@ -81,10 +82,10 @@ def window_geometry(shape: tuple[int, ...], window: Any = None, stride: Any = No
     win = _as_extent("window", window, shape, shape)
     for axis, (w, d) in enumerate(zip(win, shape, strict=True), start=1):
         if w > d:
-            raise ValueError(f"window {win} does not fit the input: axis {axis} has size {d}")
+            raise InputError(f"window {win} does not fit the input: axis {axis} has size {d}")
     step = win if stride is None else _as_extent("stride", stride, shape, win)
     if any(s > w for s, w in zip(step, win, strict=True)):
-        raise ValueError(
+        raise InputError(
             f"stride {step} must not exceed window {win} on any axis: elements between "
             "windows would never be occluded"
         )
@@ -104,12 +105,12 @@ def _slices(start: tuple[int, ...], win: tuple[int, ...]) -> tuple[slice, ...]:
 def _fill_values(x: np.ndarray, fill: Any) -> np.ndarray:
     if isinstance(fill, str):
         if fill != "mean":
-            raise ValueError(f"fill must be a number or 'mean', got {fill!r}")
+            raise InputError(f"fill must be a number or 'mean', got {fill!r}")
         return x.reshape(len(x), -1).mean(axis=1).astype(np.float32)
     if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
-        raise TypeError(f"fill must be a number or 'mean', got {fill!r}")
+        raise InputTypeError(f"fill must be a number or 'mean', got {fill!r}")
     if not np.isfinite(fill):
-        raise ValueError(f"fill must be a finite number or 'mean', got {fill}")
+        raise InputError(f"fill must be a finite number or 'mean', got {fill}")
     return np.full(len(x), fill, np.float32)
 
 

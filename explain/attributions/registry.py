@@ -21,6 +21,7 @@ from explain.attributions.base import (
     check_positive_int,
     resolve_targets_with_predictions,
 )
+from explain.errors import InputError
 
 #: Options every method accepts (handled here, before dispatch).
 COMMON_OPTIONS = frozenset({"batch_size", "output", "logits"})
@@ -100,7 +101,7 @@ def method_info(name: str) -> MethodInfo:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise InputError(
             f"unknown attribution method {name!r}; known methods: {', '.join(METHODS)}"
         ) from None
 
@@ -127,7 +128,7 @@ def explain(
     unknown = set(options) - info.options - COMMON_OPTIONS
     if unknown:
         allowed = sorted(info.options | COMMON_OPTIONS)
-        raise ValueError(
+        raise InputError(
             f"unknown option(s) {sorted(unknown)} for method {method!r}; allowed: {allowed}"
         )
     requested = options.pop("batch_size", None)

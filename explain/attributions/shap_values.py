@@ -95,6 +95,7 @@ from explain.attributions.base import (
     spatial_axes,
 )
 from explain.attributions.registry import register
+from explain.errors import InputError, InputTypeError
 
 #: ``auto`` enumerates exactly up to this many players.
 AUTO_EXACT_MAX = 10
@@ -123,7 +124,7 @@ def _resolve_background(background: Any, x: np.ndarray, rng: np.random.Generator
         return x[np.sort(rng.choice(n, rows, replace=False))]
     if isinstance(background, (int, np.integer)) and not isinstance(background, bool):
         if not 1 <= background <= n:
-            raise ValueError(
+            raise InputError(
                 f"background={background} samples that many rows of x, which has {n} rows; "
                 f"pass an int in [1, {n}] or an array of background rows"
             )
@@ -131,32 +132,32 @@ def _resolve_background(background: Any, x: np.ndarray, rng: np.random.Generator
     try:
         bg = np.asarray(background)
     except Exception as exc:
-        raise TypeError(f"background must be an int or a numeric array: {exc}") from None
+        raise InputTypeError(f"background must be an int or a numeric array: {exc}") from None
     if bg.dtype == object or not (np.issubdtype(bg.dtype, np.number)
                                   or np.issubdtype(bg.dtype, np.bool_)):
-        raise TypeError(f"background must be an int or a numeric array, got dtype {bg.dtype}")
+        raise InputTypeError(f"background must be an int or a numeric array, got dtype {bg.dtype}")
     if bg.shape == x.shape[1:]:
         bg = bg[None]
     if bg.shape[1:] != x.shape[1:] or bg.ndim != x.ndim:
-        raise ValueError(
+        raise InputError(
             f"background must have shape (B, {', '.join(str(d) for d in x.shape[1:])}) to "
             f"match the input, got {bg.shape}"
         )
     if len(bg) == 0:
-        raise ValueError("background is empty: it needs at least one row")
+        raise InputError("background is empty: it needs at least one row")
     bg = bg.astype(np.float32)
     if not np.all(np.isfinite(bg)):
-        raise ValueError("background contains NaN or Inf")
+        raise InputError("background contains NaN or Inf")
     return bg
 
 
 def _resolve_grouping(x: np.ndarray, groups: Any, grid: Any, feature_groups: Any) -> Grouping:
     if spatial_axes((None, *x.shape[1:])) is not None:
         if feature_groups is not None:
-            raise ValueError("feature_groups is for tabular inputs; for images use groups")
+            raise InputError("feature_groups is for tabular inputs; for images use groups")
         return image_groups(x, groups, grid)
     if groups is not None or grid is not None:
-        raise ValueError(
+        raise InputError(
             "groups and grid apply to image inputs (N, H, W, C); for other inputs use "
             "feature_groups"
         )
@@ -270,7 +271,7 @@ class _MaskedGame:
 def _exact(game: _MaskedGame, v_empty, v_full, rng, samples) -> np.ndarray:
     m = game.grouping.m
     if m > co.MAX_EXACT_FEATURES:
-        raise ValueError(
+        raise InputError(
             f"estimator='exact' enumerates 2^M coalitions and allows at most "
             f"{co.MAX_EXACT_FEATURES} players; this input has M={m}. Use estimator='kernel' "
             f"or 'permutation', or fewer groups (feature_groups / grid)"
@@ -352,7 +353,7 @@ def _head_model(mf: ModelFunction) -> keras.Model:
         try:
             out = mf._forward(inp)
         except Exception as exc:
-            raise ValueError(
+            raise InputError(
                 f"estimator='deep' could not build the pre-activation head of this model "
                 f"({type(exc).__name__}: {exc}); use estimator='gradient' or logits=False"
             ) from None
@@ -393,7 +394,7 @@ def _deep(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, background: np.
                 parts.append(np.take_along_axis(
                     sv.reshape(len(t), -1, sv.shape[-1]), t[:, None, None], axis=2)[..., 0])
     except Exception as exc:
-        raise ValueError(
+        raise InputError(
             f"estimator='deep' is not supported for this model (shap's DeepExplainer "
             f"failed: {type(exc).__name__}: {str(exc)[:200]}); use estimator='gradient'"
         ) from None
@@ -452,7 +453,7 @@ def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: 
     Ref. Lundberg & Lee 2017.
     """
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
-        raise ValueError(f"unknown SHAP estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
+        raise InputError(f"unknown SHAP estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
     seed = check_positive_int("seed", seed, minimum=0)
     rng = np.random.default_rng(seed)
     image = spatial_axes((None, *x.shape[1:])) is not None
@@ -466,7 +467,7 @@ def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: 
     if estimator == "kernel":
         samples = default_samples(m) if samples is None else samples
         if samples < m + 1:
-            raise ValueError(f"samples must be at least M + 1 = {m + 1} for the kernel "
+            raise InputError(f"samples must be at least M + 1 = {m + 1} for the kernel "
                              f"estimator, got {samples}")
         if samples >= 2**m - 2:
             estimator = "exact"

@@ -19,6 +19,7 @@ from explain.attributions.base import (
     stream_chunks,
 )
 from explain.attributions.registry import register
+from explain.errors import InputError, InputTypeError
 
 
 def noise_scale(x: np.ndarray, noise: float) -> np.ndarray:
@@ -85,9 +86,9 @@ def smoothgrad(
     noise", ICML 2017 workshop on visualization for deep learning.
     """
     if isinstance(noise, bool) or not isinstance(noise, (int, float, np.integer, np.floating)):
-        raise TypeError(f"noise must be a number >= 0 (a fraction of the input range), got {noise!r}")
+        raise InputTypeError(f"noise must be a number >= 0 (a fraction of the input range), got {noise!r}")
     if not np.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+        raise InputError(f"noise must be a finite number >= 0, got {noise}")
     samples = check_positive_int("samples", samples)
     seed = check_positive_int("seed", seed, minimum=0)
     multiply_by_input = check_bool("multiply_by_input", multiply_by_input)

@@ -22,6 +22,7 @@ from explain.audit.plan import AuditPlan
 from explain.audit.prepare import load_model
 from explain.audit.quality import measure_quality
 from explain.audit.stages import Progress, Stages
+from explain.errors import InputError, InputTypeError
 from explain.result import AuditResult, to_jsonable
 
 
@@ -70,7 +71,7 @@ def assess_in(stages: Stages, plan: AuditPlan,
     """:func:`assess` reporting to ``stages``, with the previous audit already read."""
     from explain._backend import keras
     from explain.findings import FindingInputs, FindingThresholds, run_rules
-    from reports.schema import validate_report
+    from explain.report_schema import validate_report
 
     ctx = AuditContext.from_plan(plan, chunks, loaded[0], stages)
     meta, cfg = plan.meta, ctx.config
@@ -225,13 +226,13 @@ def load_previous(previous: Any) -> AuditResult | None:
             try:
                 report = json.loads(p.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"the previous audit {p.name} is not readable JSON: {exc}"
+                raise InputError(f"the previous audit {p.name} is not readable JSON: {exc}"
                                  ) from None
             if not isinstance(report, dict):
-                raise ValueError(f"the previous audit {p.name} is not a report.json object")
+                raise InputError(f"the previous audit {p.name} is not a report.json object")
             return AuditResult(report=report)
         raise FileNotFoundError(f"previous audit not found: {p}")
-    raise TypeError("previous must be an AuditResult, a report dict, or the path of a "
+    raise InputTypeError("previous must be an AuditResult, a report dict, or the path of a "
                     f"report.json or saved audit folder, got {type(previous).__name__}")
 
 
@@ -241,7 +242,7 @@ def _drift(previous: AuditResult, current: dict[str, Any]) -> dict[str, Any]:
     prev_gi = previous.report.get("global_importance") or {}
     prev_items = prev_gi.get("items") or []
     if not prev_items:
-        raise ValueError("the previous audit has no global importance to compare with")
+        raise InputError("the previous audit has no global importance to compare with")
     cur_items = current["items"]
     cur = {i["feature"]: float(i["score"]) for i in cur_items}
     prev = {i["feature"]: float(i["score"]) for i in prev_items}

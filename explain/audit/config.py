@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from explain.errors import ConfigError, ConfigTypeError
 from explain.result import to_jsonable
 
 #: Methods run when the config names none, by input kind.
@@ -29,10 +30,10 @@ QUALITY_CHECKS: dict[str, bool] = {
 
 def _int_option(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"config {name} must be an integer, got {value!r}")
+        raise ConfigTypeError(f"config {name} must be an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         upper = f" and at most {maximum}" if maximum is not None else ""
-        raise ValueError(f"config {name} must be at least {minimum}{upper}, got {value}")
+        raise ConfigError(f"config {name} must be at least {minimum}{upper}, got {value}")
     return int(value)
 
 
@@ -109,15 +110,15 @@ class AuditConfig:
         if self.methods is not None:
             methods = self.methods
             if isinstance(methods, str) or not isinstance(methods, Sequence):
-                raise TypeError(f"config methods must be a list of method names, got {methods!r}")
+                raise ConfigTypeError(f"config methods must be a list of method names, got {methods!r}")
             if not methods:
-                raise ValueError("config methods is empty; name at least one method")
+                raise ConfigError("config methods is empty; name at least one method")
             unknown = [m for m in methods if m not in METHODS]
             if unknown:
-                raise ValueError(f"unknown method(s) {unknown}; known methods: "
+                raise ConfigError(f"unknown method(s) {unknown}; known methods: "
                                  f"{', '.join(METHODS)}")
             if len(set(methods)) != len(methods):
-                raise ValueError(f"config methods lists a method twice: {list(methods)}")
+                raise ConfigError(f"config methods lists a method twice: {list(methods)}")
             object.__setattr__(self, "methods", tuple(str(m) for m in methods))
         _int_option("samples", self.samples, 2, 10_000)
         _int_option("background", self.background, 1, 10_000)
@@ -131,25 +132,25 @@ class AuditConfig:
         _int_option("batch_size", self.batch_size, 1, 1_000_000)
         _int_option("seed", self.seed, 0, 2**32 - 1)
         if not isinstance(self.thresholds, Mapping):
-            raise TypeError(f"config thresholds must be a mapping, got {self.thresholds!r}")
+            raise ConfigTypeError(f"config thresholds must be a mapping, got {self.thresholds!r}")
         FindingThresholds.from_config(self.thresholds)  # raises on unknown names / types
         if not isinstance(self.quality, Mapping):
-            raise TypeError(f"config quality must be a mapping, got {self.quality!r}")
+            raise ConfigTypeError(f"config quality must be a mapping, got {self.quality!r}")
         unknown = set(self.quality) - set(QUALITY_CHECKS)
         if unknown:
-            raise ValueError(f"unknown quality check(s) {sorted(unknown)}; known: "
+            raise ConfigError(f"unknown quality check(s) {sorted(unknown)}; known: "
                              f"{sorted(QUALITY_CHECKS)}")
         for k, v in self.quality.items():
             if not isinstance(v, bool):
-                raise TypeError(f"config quality.{k} must be true or false, got {v!r}")
+                raise ConfigTypeError(f"config quality.{k} must be true or false, got {v!r}")
         object.__setattr__(self, "quality", {**QUALITY_CHECKS, **dict(self.quality)})
         if not isinstance(self.method_options, Mapping):
-            raise TypeError("config method_options must map method names to options")
+            raise ConfigTypeError("config method_options must map method names to options")
         for name, opts in self.method_options.items():
             if name not in METHODS:
-                raise ValueError(f"method_options names unknown method {name!r}")
+                raise ConfigError(f"method_options names unknown method {name!r}")
             if not isinstance(opts, Mapping):
-                raise TypeError(f"method_options.{name} must be a mapping of options")
+                raise ConfigTypeError(f"method_options.{name} must be a mapping of options")
         if self.sensitive is not None:
             from explain.datasets import parse_sensitive
             from explain.errors import DataError
@@ -157,14 +158,23 @@ class AuditConfig:
             try:
                 names = parse_sensitive(self.sensitive)
             except DataError as exc:
-                raise ValueError(f"config sensitive: {exc}") from None
+                raise ConfigError(f"config sensitive: {exc}") from None
             if not names:
-                raise ValueError("config sensitive is empty; name at least one attribute "
-                                 "or leave it out")
+                raise ConfigError("config sensitive is empty; name at least one attribute "
+                                  "or leave it out")
             object.__setattr__(self, "sensitive", tuple(names))
         from explain.fairness import FairnessOptions
 
-        FairnessOptions.from_config(self.fairness)  # raises on unknown names / values
+        try:
+            FairnessOptions.from_config(self.fairness)  # raises on unknown names / values
+        except TypeError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigTypeError(str(exc)) from None
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(str(exc)) from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> AuditConfig:
@@ -180,11 +190,11 @@ class AuditConfig:
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
-            raise TypeError(f"the audit config must be a mapping, got {type(data).__name__}")
+            raise ConfigTypeError(f"the audit config must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown audit config key(s) {sorted(unknown)}; known: "
+            raise ConfigError(f"unknown audit config key(s) {sorted(unknown)}; known: "
                              f"{sorted(known)}")
         values = dict(data)
         if values.get("methods") is not None and isinstance(values["methods"], list):

@@ -16,7 +16,7 @@ from explain.audit.examples import choose_examples
 from explain.audit.importance import global_method, method_is_cheap
 from explain.audit.plan import AuditPlan
 from explain.audit.stages import Progress, Stages
-from explain.errors import DataError, ModelIntakeError
+from explain.errors import ConfigError, DataError, UnsupportedModelError
 from explain.result import to_jsonable
 
 #: Coalitions per image for SHAP's kernel estimator when the config does not say.
@@ -88,15 +88,14 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
         loaded = load_model(model_path)
     model, spec = loaded
     if getattr(spec, "unsupported", None):
-        raise ModelIntakeError(f"xaudit cannot audit this model: {spec.unsupported}",
-                               code="unsupported_model")
+        raise UnsupportedModelError(f"xaudit cannot audit this model: {spec.unsupported}")
     if spec.input_kind not in ("image", "tabular"):
-        raise ValueError(f"xaudit audits image and tabular models; this model's input is "
-                         f"{spec.input_kind} with shape {spec.input_shape}")
+        raise UnsupportedModelError(f"xaudit audits image and tabular models; this model's "
+                                    f"input is {spec.input_kind} with shape {spec.input_shape}")
     if spec.task not in ("binary", "multiclass", "regression"):
-        raise ValueError(f"xaudit audits classifiers (softmax, or one sigmoid unit) and "
-                         f"regressors; this model's head is {spec.task} "
-                         f"({spec.final_activation})")
+        raise UnsupportedModelError(f"xaudit audits classifiers (softmax, or one sigmoid unit) "
+                                    f"and regressors; this model's head is {spec.task} "
+                                    f"({spec.final_activation})")
     sidecar = _read_sidecar(model_path)
     name = model_name or model_path.stem
 
@@ -122,7 +121,7 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
                 methods.remove(m)
                 notes.append(f"{m} skipped: the model has no spatial (convolutional) layer")
             else:
-                raise ValueError(f"{m} needs an image model with a convolutional layer; "
+                raise ConfigError(f"{m} needs an image model with a convolutional layer; "
                                  f"this model has none")
 
     keras.utils.set_random_seed(cfg.seed)

@@ -51,7 +51,7 @@ def run_audit(
     Returns
     -------
     AuditResult
-        ``report`` validated against ``reports/report.schema.json``, and the arrays the
+        ``report`` validated against ``explain/report.schema.json``, and the arrays the
         report's figures are drawn from.
 
     Raises

@@ -47,6 +47,10 @@ def pg_schema_url():
 def make_app(tmp_path: Path, database_url: str = "", **overrides):
     from api import create_app
 
+    # The API sends tasks by name; eager tests run them in this process, so the worker's
+    # tasks are registered here, as the worker's entry point does.
+    from worker.app import celery_init_app
+
     config = {
         "TESTING": True,
         "DATA_DIR": str(tmp_path / "var"),
@@ -57,7 +61,9 @@ def make_app(tmp_path: Path, database_url: str = "", **overrides):
         "EXPLAIN_TIMEOUT": 5.0,
     }
     config.update(overrides)
-    return create_app(config)
+    app = create_app(config)
+    celery_init_app(app)
+    return app
 
 
 @pytest.fixture

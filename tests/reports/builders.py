@@ -1,6 +1,6 @@
 """Hand-built, realistic audit results for the rendering tests.
 
-They follow the contract in ``explain/result.py`` and ``reports/report.schema.json`` the way
+They follow the contract in ``explain/result.py`` and ``explain/report.schema.json`` the way
 the audit pipeline fills it: an image audit (10 classes, a planted-corner shortcut finding,
 drift against a previous run) and a tabular audit (binary income classifier, or a
 regression variant). Every name the user controls can be overridden, so the escaping tests
