@@ -36,6 +36,10 @@ def defaults() -> dict[str, Any]:
         "EXPLAIN_MAX_INSTANCES": 64,
         "EXPLAIN_MAX_VALUES": 2_000_000,
         "EXPLAIN_TIMEOUT": 10.0,
+        # A job still queued this many seconds after it was created has its message sent
+        # again when polled (the broker may have lost it); at most once per period.
+        # None: twice EXPLAIN_TIMEOUT.
+        "EXPLAIN_RESEND_AFTER": None,
         # Integer options (steps, samples, ...) above this are refused: they bound the work
         # one request can ask of a worker.
         "EXPLAIN_MAX_OPTION_INT": 4096,

@@ -183,7 +183,8 @@ def _resend_if_lost(job: db.ExplainJob) -> None:
     """Send a long-queued job's task again, in case the broker lost its message."""
     if job.status != "queued" or job.created_at is None:
         return
-    after = 2 * float(current_app.config["EXPLAIN_TIMEOUT"])
+    after = float(current_app.config.get("EXPLAIN_RESEND_AFTER")
+                  or 2 * float(current_app.config["EXPLAIN_TIMEOUT"]))
     created = job.created_at if job.created_at.tzinfo else job.created_at.replace(
         tzinfo=db.utcnow().tzinfo)
     if (db.utcnow() - created).total_seconds() < after:

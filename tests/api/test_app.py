@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
-
 from tests.api.conftest import bearer, make_app, new_key
 
 
@@ -88,22 +86,15 @@ def test_metrics_count_requests_and_audits(client, auth):
     assert 'xaudit_audits{status="queued"} 0.0' in body
 
 
-def test_metrics_read_queue_depth_from_redis(tmp_path):
-    redis = pytest.importorskip("redis")
-    url = "redis://127.0.0.1:6379/12"
-    try:
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
+def test_metrics_read_queue_depth_from_redis(tmp_path, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
     client.rpush("attributions", b"m1", b"m2", b"m3")
-    try:
-        app = make_app(tmp_path, CELERY_BROKER_URL=url)
-        body = app.test_client().get("/metrics").get_data(as_text=True)
-        assert 'xaudit_queue_depth{queue="attributions"} 3.0' in body
-        assert 'xaudit_queue_depth{queue="default"} 0.0' in body
-    finally:
-        client.flushdb()
+    app = make_app(tmp_path, CELERY_BROKER_URL=redis_url)
+    body = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'xaudit_queue_depth{queue="attributions"} 3.0' in body
+    assert 'xaudit_queue_depth{queue="default"} 0.0' in body
 
 
 def test_every_api_route_requires_a_key(app, client):

@@ -1,4 +1,5 @@
-"""Real processes: a Celery worker and an API server as subprocesses, Redis DB 11.
+"""Real processes: a Celery worker and an API server as subprocesses, on the test
+session's own redis-server (see tests/redis_server.py).
 
 Every process is started in its own session and killed (the whole group) at teardown;
 every wait is bounded.
@@ -20,7 +21,6 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-REDIS_URL = "redis://127.0.0.1:6379/11"
 
 
 def free_port() -> int:
@@ -83,15 +83,9 @@ def procs(tmp_path):
 
 
 @pytest.fixture
-def redis_db():
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    yield REDIS_URL
-    client.flushdb()
+def redis_db(redis_url):
+    """The session's own Redis, flushed for this test."""
+    return redis_url
 
 
 def wait_healthy(base: str, procs: Procs, timeout: float = 240) -> None:

@@ -2,7 +2,8 @@
 queued, the API restarted, a worker that never comes back.
 
 Each test runs its own API server (``xaudit serve`` without the embedded worker), Celery
-worker and beat subprocesses on Redis DB 14 and a SQLite database in its own data folder.
+worker and beat subprocesses on the test session's own redis-server (which the tests stop
+and start; never a Redis of the user's) and a SQLite database in its own data folder.
 The heartbeat staleness is a few seconds so the beat notices a dead worker quickly; the
 test reads the audit rows (attempts included) straight from the SQLite file.
 """
@@ -13,7 +14,6 @@ import contextlib
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,14 +21,11 @@ import numpy as np
 import pytest
 import requests
 
+from tests import redis_server
 from tests.worker.conftest import BIN, base_env, create_key, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS_URL = "redis://127.0.0.1:6379/14"  # 11: other real-process tests, 12: API tests
-REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1",
-               "--port", "6379", "--save", "", "--appendonly", "no",
-               "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
 STALE_AFTER = 4  # seconds without a heartbeat before the beat calls a worker dead
 
 #: An audit long enough (tens of seconds) to be killed in the middle: kernel SHAP on 24
@@ -42,37 +39,23 @@ LONG_AUDIT = {"samples": 64, "methods": ["integrated_gradients", "shap", "smooth
 
 
 def _redis_client():
-    redis = pytest.importorskip("redis")
-    return redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+    return redis_server.current().client()
 
 
 def _redis_up() -> bool:
-    try:
-        return bool(_redis_client().ping())
-    except Exception:
-        return False
+    return redis_server.current().up()
 
 
 def _start_redis() -> None:
-    subprocess.run(REDIS_START, check=True, timeout=30, capture_output=True)
-    deadline = time.monotonic() + 30
-    while not _redis_up():
-        if time.monotonic() > deadline:
-            pytest.fail("Redis did not come back")
-        time.sleep(0.2)
+    redis_server.current().start()
 
 
 @pytest.fixture
-def redis14():
-    client = _redis_client()
-    try:
-        client.flushdb()
-    except Exception:
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    yield REDIS_URL
-    if not _redis_up():  # a test stopped it: whatever happened, leave it running
+def redis14(redis_url):
+    """The session's own Redis (flushed); a test may stop it, it is started again."""
+    yield redis_url
+    if not _redis_up():
         _start_redis()
-    client.flushdb()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +81,7 @@ class Stack:
         self.procs = procs
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = base_env(self.data_dir, XAUDIT_REDIS_URL=REDIS_URL,
+        self.env = base_env(self.data_dir, XAUDIT_REDIS_URL=redis_server.current().url(),
                             XAUDIT_AUDIT_STALE_AFTER=str(STALE_AFTER),
                             XAUDIT_BEAT_INTERVAL="1", **env)
         self.headers = {"Authorization": f"Bearer {create_key(self.data_dir, 'acme', self.env)}"}
