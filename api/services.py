@@ -139,7 +139,8 @@ def create_audit(session: Session, tenant_id: str, model_row: db.ModelRow,
                  schedule_id: str | None = None) -> db.Audit:
     """Insert a queued audit row (committed); the caller enqueues it."""
     audit = db.Audit(tenant_id=tenant_id, model_id=model_row.id, dataset_id=dataset_row.id,
-                     status=AuditStatus.QUEUED.value, progress=0.0, stage="queued", config=config,
+                     status=AuditStatus.QUEUED.value, progress=0.0, stage="queued",
+                     config=config,
                      timings={}, previous_audit_id=previous_audit_id,
                      schedule_id=schedule_id)
     session.add(audit)

@@ -8,6 +8,11 @@ functions): no import circle between modules, and none of the forbidden edges.
 
 ``explain.cli`` is exempt: the ``xaudit`` command is where every package is wired together
 (``serve`` runs the API and a worker). Imports under ``if TYPE_CHECKING:`` are not edges.
+
+Circles are looked for twice: between the layers (explain, reports, the API's HTTP layer,
+the API's shared core, worker) over every import, and between modules over the imports
+that run when a module is imported (a circle there breaks ``import``; a function that
+imports a sibling at call time is how a registry and its plug-ins legitimately meet).
 """
 
 from __future__ import annotations
@@ -57,8 +62,8 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imported_names(module: str, path: Path, known: Mapping[str, Path] | None = None
-                    ) -> set[str]:
+def _imported_names(module: str, path: Path, known: Mapping[str, Path] | None = None,
+                    at_import: bool = False) -> set[str]:
     """Every module name ``module`` imports (absolute). ``from pkg import sub`` names the
     submodule ``pkg.sub`` when it is one of ``known``, else ``pkg``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -70,6 +75,8 @@ def _imported_names(module: str, path: Path, known: Mapping[str, Path] | None = 
             for child in node.orelse:
                 visit(child)
             return
+        if at_import and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return  # runs when called, not when the module is imported
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -89,7 +96,7 @@ def _imported_names(module: str, path: Path, known: Mapping[str, Path] | None = 
     return names
 
 
-def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+def _graph(at_import: bool = False) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """(edges between our modules, every imported name per module)."""
     mods = _modules()
 
@@ -100,13 +107,26 @@ def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
 
     edges, raw = {}, {}
     for m, path in mods.items():
-        raw[m] = _imported_names(m, path, mods)
+        raw[m] = _imported_names(m, path, mods, at_import)
         edges[m] = {t for t in map(ours, raw[m]) if t and t != m}
     return edges, raw
 
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+#: The API's HTTP layer: the app factory (the ``api`` package itself), blueprints, pages.
+HTTP_LAYER = ("api.resources", "api.web")
+
+
+def layer(module: str) -> str:
+    """The layer a module belongs to."""
+    if module == "api" or any(_under(module, h) for h in HTTP_LAYER):
+        return "api (HTTP)"
+    if _under(module, "api"):
+        return "api (core)"
+    return module.split(".")[0]
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -149,8 +169,22 @@ def graph():
     return _graph()
 
 
-def test_no_import_circle(graph):
+def test_no_circle_between_layers(graph):
     edges, _ = graph
+    layers: dict[str, set[str]] = {}
+    for m, targets in edges.items():
+        if m.startswith(EXEMPT):
+            continue
+        layers.setdefault(layer(m), set()).update(layer(t) for t in targets)
+    for name, targets in layers.items():
+        targets.discard(name)
+        for t in targets:
+            layers.setdefault(t, set())
+    assert _cycles(layers) == []
+
+
+def test_no_import_circle_at_import_time():
+    edges, _ = _graph(at_import=True)
     assert _cycles(edges) == []
 
 
@@ -178,4 +212,7 @@ def test_the_checker_sees_edges_and_circles(tmp_path):
                     "if TYPE_CHECKING:\n    import reports\n", encoding="utf-8")
     names = _imported_names("explain.m", path, {"worker.tasks": path})
     assert "worker.tasks" in names and "reports" not in names
+    assert "worker.tasks" not in _imported_names("explain.m", path, {"worker.tasks": path},
+                                                 at_import=True)
+    assert layer("api.resources.audits") == "api (HTTP)" and layer("api.db") == "api (core)"
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]

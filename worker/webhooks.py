@@ -50,6 +50,7 @@ from flask import current_app, url_for
 
 from api import db
 from api import webhook_policy as _policy
+from api.lifecycle import AuditStatus
 from api.queue import DEFAULT
 
 log = logging.getLogger("xaudit.webhooks")
@@ -133,7 +134,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report(audit: db.Audit) -> dict[str, Any] | None:
-    if audit.status != "succeeded" or not audit.report_json_key:
+    if audit.status != AuditStatus.SUCCEEDED or not audit.report_json_key:
         return None
     try:
         return json.loads(current_app.extensions["xaudit_blobs"].read_bytes(
@@ -150,15 +151,15 @@ def has_critical(report: dict[str, Any] | None) -> bool:
 def should_notify(webhook_on: str | None, status: str, report: dict[str, Any] | None) -> bool:
     """``completion``: every finished run. ``critical``: a critical finding, or a failed
     run (a schedule that cannot audit any more is as urgent as a bad audit)."""
-    if status not in ("succeeded", "failed"):
+    if status not in (AuditStatus.SUCCEEDED, AuditStatus.FAILED):
         return False
     if webhook_on == "critical":
-        return status == "failed" or has_critical(report)
+        return status == AuditStatus.FAILED or has_critical(report)
     return True
 
 
 def _report_url(audit: db.Audit) -> str | None:
-    if audit.status != "succeeded":
+    if audit.status != AuditStatus.SUCCEEDED:
         return None
     # Workers have no request: build the path from the routes, and make it absolute
     # with XAUDIT_PUBLIC_URL when the operator set it.
@@ -180,7 +181,7 @@ def payload(audit: db.Audit, schedule: db.Schedule | None) -> dict[str, Any]:
         drift = {"ndcg": report["drift"].get("ndcg"),
                  "previous_audit_id": audit.previous_audit_id}
     return {
-        "event": ("audit.failed" if audit.status == "failed"
+        "event": ("audit.failed" if audit.status == AuditStatus.FAILED
                   else "audit.critical" if critical else "audit.completed"),
         "audit_id": audit.id,
         "status": audit.status,
@@ -192,7 +193,7 @@ def payload(audit: db.Audit, schedule: db.Schedule | None) -> dict[str, Any]:
         "findings": _summary(report or {}),
         "verdict": ((report or {}).get("verdict") or {}).get("level"),
         "drift": drift,
-        "error": (None if audit.status != "failed"
+        "error": (None if audit.status != AuditStatus.FAILED
                   else {"code": audit.error_code or "audit_failed", "message": audit.error}),
         "report_url": _report_url(audit),
         "finished_at": db.iso(audit.finished_at),

@@ -20,6 +20,7 @@ import numpy as np
 
 from explain._backend import tf
 from explain.attributions.base import check_positive_int, gather_targets
+from explain.errors import InputError
 
 #: Layer classes whose output has a time axis Grad-CAM may use.
 TIME_LAYERS = ("Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose", "LSTM",
@@ -95,12 +96,12 @@ def grad_cam_1d(model: Any, x: np.ndarray, targets: np.ndarray, *, layer: str | 
     """
     names = time_layer_names(model)
     if not names:
-        raise ValueError("grad_cam needs a Conv1D or recurrent layer that keeps the time "
+        raise InputError("grad_cam needs a Conv1D or recurrent layer that keeps the time "
                          "axis (return_sequences=True); this model has none")
     if layer is None:
         layer = names[-1]
     elif layer not in names:
-        raise ValueError(f"grad_cam layer {layer!r} is not a layer with a time axis; "
+        raise InputError(f"grad_cam layer {layer!r} is not a layer with a time axis; "
                          f"choose one of {names}")
     key = (id(model), layer, output)
     hit = _CAMS.get(key)

@@ -53,6 +53,7 @@ from explain.attributions.base import (
     resolve_targets_with_predictions,
     stream_chunks,
 )
+from explain.errors import InputError, InputTypeError
 
 PAD_ID = 0
 #: The token SHAP estimator enumerates every coalition up to this many real tokens.
@@ -120,18 +121,18 @@ class TokenModel:
         arr = np.asarray(x) if not isinstance(x, tf.Tensor) else x.numpy()
         if arr.dtype.kind in ("U", "S", "O"):
             if self.vectorizer is None:
-                raise TypeError(
+                raise InputTypeError(
                     f"{name} holds strings but the model takes token ids and no vocabulary "
                     "was given; pass token ids, or a vocabulary to tokenize with")
             if arr.ndim != 1:
-                raise ValueError(f"{name} as text must be a 1-D array of strings, got shape "
+                raise InputError(f"{name} as text must be a 1-D array of strings, got shape "
                                  f"{arr.shape}")
             if len(arr) == 0:
-                raise ValueError(f"{name} is empty: it has no rows")
+                raise InputError(f"{name} is empty: it has no rows")
             arr = np.asarray(self.vectorizer(tf.constant(arr.astype(str))))
         arr = as_inputs(self.ids_model, arr, name=name)
         if np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() >= self.vocab_size:
-            raise ValueError(f"{name} must hold integer token ids in [0, "
+            raise InputError(f"{name} must hold integer token ids in [0, "
                              f"{self.vocab_size - 1}] for this model's vocabulary")
         return arr.astype(np.int64)
 
@@ -168,12 +169,12 @@ def _ids_model(model: Any, vectorizer: Any, length: int) -> Any:
         if not nxt:
             break
         if len(nxt) != 1:
-            raise ValueError("the layers after the TextVectorization layer branch; xaudit "
+            raise InputError("the layers after the TextVectorization layer branch; xaudit "
                              "takes string models whose layers after it form a chain")
         current = nxt[0]
         h = current(h)
     if not any(current.output is o for o in model.outputs) or len(model.outputs) != 1:
-        raise ValueError("the layers after the TextVectorization layer do not lead to the "
+        raise InputError("the layers after the TextVectorization layer do not lead to the "
                          "model's output in a chain")
     return keras.Model(ids_in, h)
 
@@ -231,7 +232,7 @@ def _detect(model: Any) -> TokenModel | None:
     if vectorizer is not None:
         length = getattr(vectorizer, "_output_sequence_length", None)
         if not length:
-            raise ValueError("the TextVectorization layer has no output_sequence_length; "
+            raise InputError("the TextVectorization layer has no output_sequence_length; "
                              "xaudit needs a fixed number of tokens per text")
         ids_model = _ids_model(model, vectorizer, int(length))
         vocab = int(vectorizer.vocabulary_size())
@@ -301,10 +302,10 @@ def _token_baseline(spec: Any, ids: np.ndarray, table: np.ndarray, pad_id: int) 
         base = np.zeros((*ids.shape, table.shape[1]), np.float32)
     elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         if not 0 <= int(spec) < len(table):
-            raise ValueError(f"baseline token id must be in [0, {len(table) - 1}], got {spec}")
+            raise InputError(f"baseline token id must be in [0, {len(table) - 1}], got {spec}")
         base = np.broadcast_to(table[int(spec)], (*ids.shape, table.shape[1])).copy()
     else:
-        raise ValueError("on a text model, baseline must be 'padding', 'zeros' or a token id "
+        raise InputError("on a text model, baseline must be 'padding', 'zeros' or a token id "
                          f"(whose embedding fills every position); got {spec!r:.60}")
     base[ids == pad_id] = pad
     return base.astype(np.float32)
@@ -340,9 +341,9 @@ def _gradient_x_input(tm, mf, ids, targets, batch_size, *, noise=0.0, samples=1,
     absolute = check_bool("absolute", absolute)
     multiply_by_input = check_bool("multiply_by_input", multiply_by_input)
     if isinstance(noise, bool) or not isinstance(noise, (int, float, np.integer, np.floating)):
-        raise TypeError(f"noise must be a number >= 0, got {noise!r}")
+        raise InputTypeError(f"noise must be a number >= 0, got {noise!r}")
     if not np.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+        raise InputError(f"noise must be a finite number >= 0, got {noise}")
     samples = check_positive_int("samples", samples)
     seed = check_positive_int("seed", seed, minimum=0)
     table = embedding_matrix(tm)
@@ -404,9 +405,9 @@ def _mask_id(tm: TokenModel, mask_id: Any, mf: ModelFunction | None = None) -> i
                 return 1
         return tm.pad_id
     if isinstance(mask_id, bool) or not isinstance(mask_id, (int, np.integer)):
-        raise TypeError(f"mask_id must be a token id (int), got {mask_id!r}")
+        raise InputTypeError(f"mask_id must be a token id (int), got {mask_id!r}")
     if not 0 <= int(mask_id) < tm.vocab_size:
-        raise ValueError(f"mask_id must be in [0, {tm.vocab_size - 1}], got {mask_id}")
+        raise InputError(f"mask_id must be in [0, {tm.vocab_size - 1}], got {mask_id}")
     return int(mask_id)
 
 
@@ -439,11 +440,11 @@ def token_shap_values(mf: ModelFunction, ids: np.ndarray, targets: np.ndarray, *
         ``v_empty`` and ``v_full`` ``(N,)``.
     """
     if estimator not in ("auto", "exact", "permutation"):
-        raise ValueError(f"unknown token SHAP estimator {estimator!r}; choose auto, exact "
+        raise InputError(f"unknown token SHAP estimator {estimator!r}; choose auto, exact "
                          "or permutation")
     exact_max = check_positive_int("exact_max", exact_max)
     if exact_max > co.MAX_EXACT_FEATURES:
-        raise ValueError(f"exact_max must be at most {co.MAX_EXACT_FEATURES}")
+        raise InputError(f"exact_max must be at most {co.MAX_EXACT_FEATURES}")
     n_pairs = DEFAULT_PERMUTATION_PAIRS if samples is None else max(
         1, check_positive_int("samples", samples) // 2)
     rng = np.random.default_rng(seed)
@@ -455,7 +456,7 @@ def token_shap_values(mf: ModelFunction, ids: np.ndarray, targets: np.ndarray, *
         m = len(players)
         use_exact = estimator == "exact" or (estimator == "auto" and m <= exact_max)
         if estimator == "exact" and m > co.MAX_EXACT_FEATURES:
-            raise ValueError(f"row {r} has {m} real tokens; estimator='exact' allows at most "
+            raise InputError(f"row {r} has {m} real tokens; estimator='exact' allows at most "
                              f"{co.MAX_EXACT_FEATURES}: use 'permutation'")
         if m == 0:
             plans.append((players, "none", None, None, offset, 0))
@@ -481,7 +482,7 @@ def token_shap_values(mf: ModelFunction, ids: np.ndarray, targets: np.ndarray, *
         np.zeros(0, np.int64)
     v = _scores_of(mf, stream, targets[owner], batch_size) if len(stream) else np.zeros(0)
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"the model's output is not finite on texts whose tokens are masked "
+        raise InputError(f"the model's output is not finite on texts whose tokens are masked "
                          f"with id {mask_id}; pass another mask_id")
     values = np.zeros(ids.shape, np.float64)
     v_empty = np.zeros(len(ids))
@@ -510,7 +511,7 @@ def token_shap_values(mf: ModelFunction, ids: np.ndarray, targets: np.ndarray, *
 def _shap(tm, mf, ids, targets, batch_size, *, estimator, samples, seed, mask_id,
           exact_max, background):
     if background is not None:
-        raise ValueError("on a text model SHAP masks tokens with mask_id (the padding id by "
+        raise InputError("on a text model SHAP masks tokens with mask_id (the padding id by "
                          "default); background does not apply")
     seed = check_positive_int("seed", seed, minimum=0)
     mask = _mask_id(tm, mask_id, mf)
@@ -581,7 +582,7 @@ def explain_tokens(tm: TokenModel, x: Any, method: str, target: Any,
     strings ``(N,)``. Values are ``(N, T)``; ``extra["token_ids"]`` holds the ids.
     """
     if method not in _IMPLS:
-        raise ValueError(f"method {method!r} does not apply to text models; use one of "
+        raise InputError(f"method {method!r} does not apply to text models; use one of "
                          f"{sorted(_IMPLS)}")
     opts = dict(options)
     requested = opts.pop("batch_size", None)
@@ -590,7 +591,7 @@ def explain_tokens(tm: TokenModel, x: Any, method: str, target: Any,
     allowed = TOKEN_OPTIONS[method]
     unknown = set(opts) - set(allowed)
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r} on a "
+        raise InputError(f"unknown option(s) {sorted(unknown)} for method {method!r} on a "
                          f"text model; allowed: {sorted(set(allowed) | {'batch_size', 'output', 'logits'})}")
     ids = tm.to_ids(x)
     mf = ModelFunction(tm.ids_model, output=output, logits=logits)
