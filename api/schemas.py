@@ -42,6 +42,10 @@ class DatasetUploadIn(Schema):
     name = Name(required=True)
     label = String(validate=Length(min=1, max=128),
                    metadata={"description": "For .csv: the label column."})
+    sensitive = String(validate=Length(min=1, max=1024), metadata={
+        "description": "For .csv: comma-separated sensitive columns (e.g. `sex,age`), kept "
+                       "out of the model's inputs and audited for group fairness. An .npz "
+                       "carries its own (arrays `sensitive`, `sensitive_names`)."})
 
 
 class ArtifactOut(Schema):

@@ -66,6 +66,7 @@ __all__ = [
     "load_data_file",
     "parse_sensitive",
     "select_sensitive",
+    "sensitive_to_load",
     "validate_for_model",
 ]
 
@@ -610,6 +611,22 @@ def _npz_sensitive(npz: Any, keys: set[str], source: str) -> dict[str, np.ndarra
     if len(set(names)) != len(names):
         raise DataError(f"sensitive_names in {source} repeats a name", code="bad_sensitive")
     return {name: table[:, j] for j, name in enumerate(names)}
+
+
+def sensitive_to_load(path: str | os.PathLike, stored: Sequence[str] | None,
+                      requested: Sequence[str] | str | None) -> list[str] | None:
+    """The ``sensitive`` argument of :func:`load_data_file` for a stored data file.
+
+    A ``.csv`` must have every sensitive column taken out, or it does not fit the model:
+    those named when it was stored (``stored``) and those an audit asks for
+    (``requested``). Other formats keep their attributes apart already and load them all
+    (None); an audit then picks its own with :func:`select_sensitive`.
+    """
+    if Path(path).suffix.lower() != ".csv":
+        return None
+    names = list(stored or [])
+    names += [n for n in parse_sensitive(requested) if n not in names]
+    return names or None
 
 
 def select_sensitive(ds: Dataset, sensitive: Sequence[str] | str | None) -> Dataset:

@@ -44,6 +44,7 @@ __all__ = [
     "ablate_feature",
     "assess_fairness",
     "attribution_by_group",
+    "check_sensitive_data",
     "disparity_drift",
     "group_labels",
     "group_metrics",
@@ -258,6 +259,30 @@ def sensitive_groups(sensitive: Mapping[str, np.ndarray], n_rows: int, min_group
                 f"lower the fairness_min_group threshold", code="bad_sensitive")
         out[name] = (labels, info)
     return out
+
+
+def check_sensitive_data(dataset: Any, sensitive: Sequence[str] | str | None = None,
+                         thresholds: Mapping[str, Any] | None = None,
+                         fairness: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The attributes an audit will group by, checked as the audit checks them: the named
+    ones exist, and each has two groups with the minimum count (audit config
+    ``thresholds.fairness_min_group``). Used before an audit starts, so a bad attribute
+    is refused at once.
+
+    Raises
+    ------
+    DataError
+        ``bad_sensitive``.
+    """
+    from explain.datasets import select_sensitive
+    from explain.findings import FindingThresholds
+
+    chosen = dict(select_sensitive(dataset, sensitive).sensitive or {})
+    if chosen:
+        th = FindingThresholds.from_config(thresholds)
+        sensitive_groups(chosen, dataset.n, th.fairness_min_group,
+                         FairnessOptions.from_config(fairness))
+    return chosen
 
 
 # --------------------------------------------------------------------------- metrics

@@ -350,16 +350,25 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
         return _run_claimed(audit_id, audit, model_row, dataset_row, progress)
 
 
+def _load_dataset(dataset_row: db.DatasetRow, config: dict[str, Any] | None) -> Any:
+    """The stored dataset, with the sensitive columns it was stored with and those the
+    audit asks for taken out of a CSV's inputs."""
+    from explain.datasets import load_data_file, sensitive_to_load
+
+    path = blobs().path(dataset_row.blob_key)
+    return load_data_file(path, label=dataset_row.label, sensitive=sensitive_to_load(
+        path, (dataset_row.spec or {}).get("sensitive"), (config or {}).get("sensitive")))
+
+
 def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
                  dataset_row: db.DatasetRow, progress: _Progress) -> dict[str, Any]:
     try:
         # Imported here so a missing or broken pipeline fails this audit cleanly instead
         # of leaving its row running.
         from explain.audit import run_audit  # noqa: I001
-        from explain.datasets import load_data_file
 
         progress("loading", 0.0)
-        data = load_data_file(blobs().path(dataset_row.blob_key), label=dataset_row.label)
+        data = _load_dataset(dataset_row, audit.config)
         previous = load_previous(audit)
         result = run_audit(
             str(blobs().path(model_row.blob_key)), data, dict(audit.config or {}),
@@ -446,10 +455,8 @@ def _start_fanout(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
     attempt = int(audit.attempts or 1)
 
     def work():
-        from explain.datasets import load_data_file
-
         progress("loading", 0.0)
-        data = load_data_file(blobs().path(dataset_row.blob_key), label=dataset_row.label)
+        data = _load_dataset(dataset_row, audit.config)
         plan = prepare(str(blobs().path(model_row.blob_key)), data,
                        dict(audit.config or {}), progress=progress,
                        model_name=model_row.name, dataset_name=dataset_row.name,

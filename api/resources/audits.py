@@ -45,20 +45,36 @@ def validate_config(config: dict) -> dict:
         if unknown:
             abort(422, "unknown_method",
                   f"unknown method(s) {unknown[:5]}; known methods: {', '.join(METHODS)}")
+    fairness_keys = {k: config[k] for k in ("sensitive", "fairness") if k in config}
+    if fairness_keys:
+        from explain.audit import AuditConfig
+
+        try:
+            AuditConfig.from_dict(fairness_keys)
+        except (TypeError, ValueError) as exc:
+            abort(422, "bad_config", str(exc)[:300])
     return config
 
 
-def check_data_fits_model(model_row: db.ModelRow, dataset_row: db.DatasetRow) -> None:
-    """Load the dataset and check it against the model's spec (422 when it cannot fit)."""
-    from explain.datasets import load_data_file, validate_for_model
+def check_data_fits_model(model_row: db.ModelRow, dataset_row: db.DatasetRow,
+                          config: dict | None = None) -> None:
+    """Load the dataset and check it against the model's spec and the audit's sensitive
+    attributes (422 when it cannot fit)."""
+    from explain.datasets import load_data_file, sensitive_to_load, validate_for_model
+    from explain.fairness import check_sensitive_data
     from explain.modelio import ModelSpec
 
+    config = config or {}
     try:
         spec = ModelSpec.from_dict(model_row.spec)
     except ValueError:
         return  # a spec from an older intake: the worker validates instead
-    data = load_data_file(services.blobs().path(dataset_row.blob_key), label=dataset_row.label)
+    path = services.blobs().path(dataset_row.blob_key)
+    data = load_data_file(path, label=dataset_row.label, sensitive=sensitive_to_load(
+        path, (dataset_row.spec or {}).get("sensitive"), config.get("sensitive")))
     validate_for_model(data, spec)
+    check_sensitive_data(data, config.get("sensitive"), config.get("thresholds"),
+                         config.get("fairness"))
 
 
 @bp.post("/audits")
@@ -84,7 +100,7 @@ def create_audit(json_data):
             abort(422, "previous_not_succeeded",
                   "previous_audit_id must name a succeeded audit (drift needs its results)")
     try:
-        check_data_fits_model(model_row, dataset_row)
+        check_data_fits_model(model_row, dataset_row, config)
     except DataError:
         raise
     session = db.session()

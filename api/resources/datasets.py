@@ -39,6 +39,7 @@ def dataset_spec(ds, suffix: str) -> dict:
         "n_features_named": len(names),
         "class_names": (ds.class_names or [])[:MAX_NAMES],
         "values_sha256": ds.sha256,
+        "sensitive": list(ds.sensitive or {}),
     }
 
 
@@ -55,9 +56,10 @@ def upload_dataset(form_and_files_data):
     upload = form_and_files_data["file"]
     name = form_and_files_data["name"]
     label = form_and_files_data.get("label")
+    sensitive = form_and_files_data.get("sensitive")
     tmp, sha, size, suffix = services.receive_upload(upload)
     try:
-        ds = load_data_file(tmp, label=label)
+        ds = load_data_file(tmp, label=label, sensitive=sensitive)
         spec = dataset_spec(ds, suffix)
     except DataError:
         tmp.unlink(missing_ok=True)

@@ -165,7 +165,7 @@ def create_schedule(json_data):
     dataset_row = _latest_or_404(db.DatasetRow, json_data["dataset_name"], "dataset")
     # The same check as POST /audits, on today's latest versions: a schedule that could
     # never run is refused now rather than failing at every cron time.
-    check_data_fits_model(model_row, dataset_row)
+    check_data_fits_model(model_row, dataset_row, config)
     limits.check_audit_budget(model_row.spec or {}, config)
     limits.check_schedule_cap(db.session(), current_tenant_id())
     secret = f"whsec_{secrets.token_hex(32)}" if webhook_url else None

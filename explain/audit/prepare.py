@@ -205,16 +205,11 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
 def _sensitive_arrays(dataset: Any, cfg: AuditConfig) -> dict[str, np.ndarray]:
     """The data's sensitive attributes, checked now (two groups large enough to compare)
     so that a bad attribute fails the audit before its expensive stages."""
-    from explain.fairness import FairnessOptions, sensitive_groups
-    from explain.findings import FindingThresholds
+    from explain.fairness import check_sensitive_data
 
-    sensitive = dict(dataset.sensitive or {})
-    if not sensitive:
+    if not dataset.sensitive:
         return {}
-    th = FindingThresholds.from_config(cfg.thresholds)
-    sensitive_groups(sensitive, dataset.n, th.fairness_min_group,
-                     FairnessOptions.from_config(cfg.fairness))
-    return sensitive
+    return check_sensitive_data(dataset, None, cfg.thresholds, cfg.fairness)
 
 
 def _read_sidecar(model_path: Path) -> dict[str, Any] | None:
