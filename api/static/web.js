@@ -147,6 +147,8 @@
       if (features) addRow(list, "features", features);
       const classes = listText(spec.class_names, 12);
       if (classes) addRow(list, "classes", classes);
+      const sensitive = listText(spec.sensitive, 8);
+      if (sensitive) addRow(list, "sensitive", sensitive);
     }
     box.append(title, list);
     box.hidden = false;
@@ -169,6 +171,8 @@
     data.append("name", form.querySelector("input[name=name]").value.trim());
     const label = form.querySelector("input[name=label]");
     if (label && label.value.trim()) data.append("label", label.value.trim());
+    const sensitive = form.querySelector("input[name=sensitive]");
+    if (sensitive && sensitive.value.trim()) data.append("sensitive", sensitive.value.trim());
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
