@@ -45,13 +45,17 @@ def main() -> None:
               help="An .npz (array x) or .csv file of rows to explain.")
 @click.option("--label", default=None,
               help="The label column of a .csv file (left out of the model's inputs).")
+@click.option("--sensitive", default=None, metavar="COL[,COL]",
+              help="Sensitive columns of a .csv, left out of the model's inputs (or names "
+                   "among an .npz's sensitive_names); prints the inputs whose mean "
+                   "attribution differs most between their groups.")
 @click.option("--method", default="integrated_gradients", show_default=True)
 @click.option("--rows", default=8, show_default=True, help="Explain the first N rows.")
 @click.option("--out", default="attributions.npy", show_default=True,
               help="Where to write the attributions (.npy).")
 @friendly_errors
-def explain_cmd(model_path: str, data_path: str, label: str | None, method: str, rows: int,
-                out: str) -> None:
+def explain_cmd(model_path: str, data_path: str, label: str | None, sensitive: str | None,
+                method: str, rows: int, out: str) -> None:
     """Compute attributions for the first rows of DATA and save them as .npy."""
     import numpy as np
 
@@ -60,13 +64,27 @@ def explain_cmd(model_path: str, data_path: str, label: str | None, method: str,
     from explain.modelio import load_model_safely
 
     model, spec = load_model_safely(model_path)
-    data = validate_for_model(load_data_file(data_path, label=label), spec)
+    data = validate_for_model(load_data_file(data_path, label=label, sensitive=sensitive),
+                              spec)
     res = run(model, data.x[:rows], method)
     np.save(out, res.values)
     msg = f"wrote {out} {res.values.shape}"
     if res.completeness_gap is not None:
         msg += f"; max |completeness gap| {float(np.max(np.abs(res.completeness_gap))):.3g}"
     click.echo(msg)
+    if sensitive and data.sensitive and data.kind == "tabular" and data.feature_names:
+        from explain.fairness import attribution_by_group, group_labels
+
+        values = np.asarray(res.values).reshape(len(res.values), -1)
+        for name, column in data.sensitive.items():
+            groups, _ = group_labels(column[:rows], name)
+            present = sorted(set(groups.tolist()))
+            diffs = attribution_by_group(values, groups, data.feature_names, present,
+                                         top=3)["largest_differences"]
+            shown = "; ".join(f"{d['feature']} {d['difference']:.3g} ({d['highest']} > "
+                              f"{d['lowest']})" for d in diffs)
+            click.echo(f"{name}: {len(present)} groups in {len(values)} rows; attribution "
+                       f"differs most for: {shown or 'n/a (one group)'}")
 
 
 # ----------------------------------------------------------------------------- inspect

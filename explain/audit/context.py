@@ -91,8 +91,9 @@ class AuditContext:
             idx=arr["idx"], global_rows=arr.get("global_rows"),
             options={m: plan.options(m) for m in methods},
             attributions=merge_chunks(plan, chunks),
-            sensitive={k[len("sensitive."):]: v for k, v in arr.items()
-                       if k.startswith("sensitive.")})
+            # In the data's order (the plan's arrays come back sorted by name).
+            sensitive={k: arr[f"sensitive.{k}"] for k in meta.get("sensitive") or []
+                       if f"sensitive.{k}" in arr})
 
     @property
     def xs(self) -> np.ndarray:

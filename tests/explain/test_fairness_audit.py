@@ -170,3 +170,33 @@ def test_biased_twin_is_flagged_and_the_clean_twin_is_not(seed, tmp_path):
     assert proxy["disparity_without"] is not None and proxy["share_of_gap_carried"] > 0.3
     assert not [f for f in biased if f["evidence"]["attribute"] == "age"]
     assert clean == []
+
+
+def test_cli_explain_leaves_sensitive_columns_out(biased, tmp_path):
+    data = tmp_path / "rows.csv"
+    test = biased.test
+    with open(data, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*test.feature_names, "group", "approved"])
+        for i in range(40):
+            w.writerow([*[f"{v:.6g}" for v in test.x[i]], test.sensitive["group"][i],
+                        int(test.y[i])])
+    out = tmp_path / "a.npy"
+    r = CliRunner().invoke(main, ["explain", str(biased.model_path), "--data", str(data),
+                                  "--label", "approved", "--sensitive", "group",
+                                  "--rows", "40", "--out", str(out)])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert np.load(out).shape == (40, len(test.feature_names))
+    assert "group: 2 groups in 40 rows; attribution differs most for:" in r.stdout
+
+
+def test_a_plan_carries_the_attributes_to_another_process(biased, report):
+    from explain.audit import AuditPlan, assess, attribute_chunk, prepare
+
+    config = {**FAST, "sensitive": ["group", "age"]}
+    plan = AuditPlan.from_bytes(prepare(biased.model_path, biased.test_path,
+                                        config).to_bytes())
+    assert plan.arrays["sensitive.group"].dtype.kind == "U"
+    chunks = {c: attribute_chunk(plan, *c) for c in plan.chunks()}
+    again = assess(plan, chunks).report["fairness"]
+    assert again["attributes"] == report["fairness"]["attributes"]
