@@ -411,6 +411,15 @@ def _mask_id(tm: TokenModel, mask_id: Any, mf: ModelFunction | None = None) -> i
     return int(mask_id)
 
 
+def default_mask_id(model: Any) -> int:
+    """The id that stands for a removed token in ``model``: the padding id, or the
+    out-of-vocabulary id 1 when an all-padding text gives no finite output."""
+    tm = token_model(model)
+    if tm is None:
+        raise ValueError("not a text model")
+    return _mask_id(tm, None, ModelFunction(tm.ids_model))
+
+
 def _scores_of(mf: ModelFunction, inputs: np.ndarray, targets: np.ndarray, batch_size: int
                ) -> np.ndarray:
     """``f(inputs)[i, targets[i]]`` float64, in forward passes of ``batch_size`` rows."""

@@ -21,6 +21,7 @@ from explain.audit.importance import global_importance, image_map
 from explain.audit.plan import AuditPlan
 from explain.audit.prepare import load_model
 from explain.audit.quality import measure_quality
+from explain.audit.sequences import sequence_sections
 from explain.audit.stages import Progress, Stages
 from explain.errors import InputError, InputTypeError
 from explain.result import AuditResult, to_jsonable
@@ -74,6 +75,11 @@ def assess_in(stages: Stages, plan: AuditPlan,
     from explain.report_schema import validate_report
 
     ctx = AuditContext.from_plan(plan, chunks, loaded[0], stages)
+    if ctx.kind == "text":
+        from explain.attributions.tokens import token_model
+
+        # the checks perturb token ids: a string model is measured through its ids model
+        ctx.model = token_model(ctx.model).ids_model
     meta, cfg = plan.meta, ctx.config
     kind, regression, methods = ctx.kind, ctx.regression, ctx.methods
     class_names = ctx.class_names
@@ -127,6 +133,10 @@ def assess_in(stages: Stages, plan: AuditPlan,
                        "correct": bool(int(labels[j]) == int(preds[j]))}
         report["examples"].append({"index": int(row), **example, "reason": reasons[j],
                                    "completeness_gap": gaps})
+
+    # ---- text and sequence sections (before the findings: the shortcut rules read them)
+    if kind in ("text", "sequence") and not regression:
+        report.update(sequence_sections(ctx, plan))
 
     # ---- group fairness (before the findings: the fairness rules read it)
     stages.start("fairness")

@@ -16,6 +16,10 @@ from explain.result import to_jsonable
 DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
     "image": ("integrated_gradients", "grad_cam", "shap"),
     "tabular": ("integrated_gradients", "shap"),
+    # Grad-CAM joins text audits when the model has a Conv1D / recurrent layer with a time
+    # axis; a sequence audit keeps methods whose values share the input's (T, F) shape.
+    "text": ("integrated_gradients", "shap", "grad_cam"),
+    "sequence": ("integrated_gradients", "shap"),
 }
 
 #: Quality checks that can be switched on or off (``config["quality"]``) and their defaults.

@@ -25,6 +25,9 @@ def global_importance(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, np.n
     x, idx, preds, class_names = ctx.x, ctx.idx, ctx.preds, ctx.class_names
     maps: dict[str, np.ndarray] = {}
     class_maps: dict[str, np.ndarray] = {}
+    if kind in ("text", "sequence"):
+        return _time_importance(ctx), class_maps, {
+            m: time_map(a.values) for m, a in attributions.items()}
     if kind == "tabular":
         for m, a in attributions.items():
             maps[m] = a.values.reshape(len(a.values), -1).astype(np.float32)
@@ -72,6 +75,56 @@ def global_importance(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, np.n
                 else np.zeros((h, w), np.float32)
                 for c in range(len(class_names))]).astype(np.float32)
     return section, class_maps, maps
+
+
+def time_map(values: np.ndarray) -> np.ndarray:
+    """Per-example importance over time ``(n, T)``: ``|values|``, summed over channels."""
+    v = np.abs(np.asarray(values, np.float32))
+    return v.sum(axis=2) if v.ndim == 3 else v
+
+
+def _time_importance(ctx: AuditContext) -> dict[str, Any]:
+    """Global importance of a text audit (tokens by share of |attribution|) or a sequence
+    audit (windows of steps by mean |attribution|)."""
+    from explain.audit.sequences import section_method
+
+    method = section_method(ctx.methods)
+    values = np.asarray(ctx.attributions[method].values)
+    preds, class_names = ctx.preds, ctx.class_names
+
+    if ctx.kind == "text":
+        vocab = ctx.plan.arrays.get("vocabulary")
+        ids = np.asarray(ctx.xs).astype(np.int64)
+
+        def ranked(sel: np.ndarray) -> list[dict[str, Any]]:
+            mass = np.abs(values[sel]).ravel()
+            tok = ids[sel].ravel()
+            keep = tok != 0
+            size = int(ids.max()) + 1
+            total = np.bincount(tok[keep], weights=mass[keep], minlength=size)
+            whole = float(total.sum()) or 1.0
+            order = [int(t) for t in np.argsort(-total) if total[t] > 0][:20]
+            return [{"feature": (str(vocab[t]) if vocab is not None and t < len(vocab)
+                                 else f"#{t}"), "score": float(total[t] / whole)}
+                    for t in order]
+    else:
+        t_len = values.shape[1]
+        width = max(1, t_len // 20)
+        per_step = np.abs(values).sum(axis=2) if values.ndim == 3 else np.abs(values)
+
+        def ranked(sel: np.ndarray) -> list[dict[str, Any]]:
+            step = per_step[sel].mean(axis=0)
+            items = [{"feature": f"steps {a}-{min(a + width, t_len) - 1}",
+                      "score": float(step[a:a + width].mean())}
+                     for a in range(0, t_len, width)]
+            return sorted(items, key=lambda i: -i["score"])
+
+    section = {"method": method, "kind": ctx.kind, "items": ranked(np.arange(len(values))),
+               "grid": None}
+    if not ctx.regression:
+        section["per_class"] = {class_names[c]: ranked(np.flatnonzero(preds == c))
+                                for c in range(len(class_names)) if np.any(preds == c)}
+    return section
 
 
 def method_is_cheap(method: str) -> bool:

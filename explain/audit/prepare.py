@@ -89,9 +89,15 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
     model, spec = loaded
     if getattr(spec, "unsupported", None):
         raise UnsupportedModelError(f"xaudit cannot audit this model: {spec.unsupported}")
-    if spec.input_kind not in ("image", "tabular"):
-        raise UnsupportedModelError(f"xaudit audits image and tabular models; this model's "
-                                    f"input is {spec.input_kind} with shape {spec.input_shape}")
+    if spec.input_kind not in ("image", "tabular", "text", "sequence"):
+        raise UnsupportedModelError(f"xaudit audits image, tabular, text and sequence "
+                                    f"models; this model's input is {spec.input_kind} with "
+                                    f"shape {spec.input_shape}")
+    tokens = None
+    if spec.input_kind == "text":
+        from explain.attributions.tokens import token_model
+
+        tokens = token_model(model)
     if spec.task not in ("binary", "multiclass", "regression"):
         raise UnsupportedModelError(f"xaudit audits classifiers (softmax, or one sigmoid unit) "
                                     f"and regressors; this model's head is {spec.task} "
@@ -103,7 +109,16 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
     stages.start("load_data")
     from explain.datasets import validate_for_model
 
-    dataset = validate_for_model(_load_data(data, cfg.seed, cfg.sensitive), spec)
+    raw_data = _load_data(data, cfg.seed, cfg.sensitive)
+    if tokens is not None:
+        from explain.datasets import tokenize_for_model
+
+        # raw texts become the model's token ids; a string model is evaluated from its ids
+        raw_data = tokenize_for_model(raw_data, model)
+    elif getattr(raw_data, "texts", None) is not None:
+        raise DataError("the data holds texts but the model is not a text model",
+                        code="bad_data")
+    dataset = validate_for_model(raw_data, spec)
     if dataset.y is None:
         raise DataError("the audit needs labelled data to measure performance; pass labels "
                         "(array y in an .npz, or --label COLUMN for a .csv)",
@@ -116,6 +131,19 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
     notes: list[str] = []
     for m in list(methods):
         info = method_info(m)
+        if info.output == "spatial" and kind in ("text", "sequence"):
+            from explain.attributions.sequences import time_layer_names
+
+            if kind == "sequence" or not time_layer_names(tokens.ids_model):
+                why = ("the model has no Conv1D or recurrent layer with a time axis"
+                       if kind == "text" else "its (T,) maps do not compare with the (T, F) "
+                       "attributions of the other methods")
+                if cfg.methods is not None and kind == "text":
+                    raise ValueError(f"{m} needs a Conv1D or recurrent layer with a time "
+                                     "axis; this model has none")
+                methods.remove(m)
+                notes.append(f"{m} skipped: {why}")
+            continue
         if info.output == "spatial" and (kind != "image" or not spec.gradcam_layers):
             if cfg.methods is None:
                 methods.remove(m)
@@ -129,7 +157,8 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
 
     # ---- performance on every row
     stages.start("evaluate")
-    raw = predict_proba(model, x, batch_size=cfg.batch_size)
+    scorer = model if tokens is None else tokens.ids_model
+    raw = predict_proba(scorer, x, batch_size=cfg.batch_size)
     class_names = dataset.class_names
     if not regression:
         width = 2 if raw.ndim == 1 or raw.shape[1] == 1 else raw.shape[1]
@@ -158,6 +187,10 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
                                      "pred_all": pred_all}
     if proba is not None:
         arrays["proba"] = proba
+    if tokens is not None:
+        vocab = tokens.vocabulary() or dataset.vocabulary
+        if vocab is not None:
+            arrays["vocabulary"] = np.array(vocab, dtype=str)
     sensitive = _sensitive_arrays(dataset, cfg)
     arrays.update({f"sensitive.{k}": v for k, v in sensitive.items()})
     if kind == "tabular" and method_is_cheap(global_method(methods)):
@@ -307,7 +340,7 @@ def _method_options(method: str, cfg: AuditConfig, kind: str, data_x: np.ndarray
             # for 24 images of 32×32 on two cores; 512 cost 7.8 s and name the same
             # regions (see bench/audit.py).
             opts["samples"] = IMAGE_SHAP_SAMPLES
-        if kind == "tabular":
+        if kind in ("tabular", "sequence"):
             rows = min(cfg.background, len(data_x))
             opts["background"] = data_x[np.sort(rng.choice(len(data_x), rows, replace=False))]
     elif method in ("smoothgrad",):

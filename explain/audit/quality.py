@@ -26,6 +26,7 @@ def measure_quality(ctx: AuditContext, tolerance: float
     ``tolerance`` is the completeness tolerance of the finding thresholds.
     """
     from explain.attributions.registry import method_info
+    from explain.attributions.tokens import default_mask_id
     from explain.metrics import (
         CompletenessGap,
         Deletion,
@@ -70,7 +71,12 @@ def measure_quality(ctx: AuditContext, tolerance: float
         done += 1
         stages.step(done / jobs)
         if q["faithfulness"]:
-            common = dict(steps=cfg.faithfulness_steps, baseline="mean", reference=reference,
+            # Tokens are deleted by masking them (the padding id, or the out-of-vocabulary
+            # id when an all-padding text has no finite output); a mean token id means
+            # nothing.
+            common = dict(steps=cfg.faithfulness_steps,
+                          baseline=float(default_mask_id(model)) if kind == "text"
+                          else "mean", reference=reference,
                           random_orders=3, seed=cfg.seed, batch_size=cfg.batch_size)
             for cls, key in ((Deletion, "deletion"), (Insertion, "insertion")):
                 r = cls(model, xs, targets, **common).detailed(a.values)
@@ -96,7 +102,8 @@ def measure_quality(ctx: AuditContext, tolerance: float
             checks.append(check("randomization_similarity", "randomisation", r.score,
                                  r.threshold, False, r.passed))
             entry["randomization_curve"] = to_jsonable(r.detail["curve"])
-        if q["stability"] and info.gradient_based and m != "shap":
+        # Stability adds noise to the input, which token ids do not take.
+        if q["stability"] and info.gradient_based and m != "shap" and kind != "text":
             radius = 0.05 * float(np.std(x_all)) or 0.05
             r = MaxSensitivity(model, xs[sanity_idx], targets[sanity_idx], method=m,
                                method_options=sub_opts, radius=radius, samples=5,
@@ -120,7 +127,7 @@ def measure_quality(ctx: AuditContext, tolerance: float
         for i, ma in enumerate(methods):
             for mb in methods[i + 1:]:
                 r = agreement(attributions[ma].values, attributions[mb].values,
-                              input_kind=kind)
+                              input_kind="image" if kind == "image" else "tabular")
                 glob = (safe_spearman(grids[ma], grids[mb]) if kind == "image"
                         else r.detail["global_spearman"])
                 pairs.append({"a": ma, "b": mb,
