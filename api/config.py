@@ -48,6 +48,13 @@ def defaults() -> dict[str, Any]:
         # receiver; a host named exactly on the list may be private anyway).
         "WEBHOOK_ALLOWED_HOSTS": "",
         "WEBHOOK_ALLOW_PRIVATE": False,
+        # The queue /explain jobs are sent to. `xaudit serve` sets "explain" and runs a
+        # worker for it next to the audit worker: a short lane no audit can block.
+        "EXPLAIN_QUEUE": "",
+        # A running explain job whose worker stopped beating this long (s) is sent again.
+        "EXPLAIN_STALE_AFTER": 30.0,
+        # /healthz answers 503 when no worker has beaten within 30 s (eager mode: no check).
+        "HEALTHZ_REQUIRE_WORKER": True,
         # Per tenant: queued or running audits / explain jobs, and schedules; over the cap
         # a request is answered 429 with Retry-After.
         "MAX_QUEUED_AUDITS": 10,
@@ -64,6 +71,9 @@ def defaults() -> dict[str, Any]:
         # The same age makes the beat send a still-queued audit's message again (the
         # broker may have lost it).
         "AUDIT_STALE_AFTER": 900,
+        # A running audit whose heartbeat (a thread, every quarter of this) is older than
+        # this many seconds lost its worker and is requeued by the beat.
+        "AUDIT_HEARTBEAT_STALE": 60,
         # Audits started this many times by workers that died are failed (worker_lost).
         "AUDIT_MAX_ATTEMPTS": 3,
         # Fan an audit's attribution chunks out over the `attributions` workers (a Celery

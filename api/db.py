@@ -206,6 +206,13 @@ class ExplainJob(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A worker claims the job (queued -> running) before computing and beats while it
+    # runs; the API re-sends a queued job at most once per period (resent_at) and
+    # requeues a running one whose heartbeat stopped (api/explain_jobs.py).
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 # --------------------------------------------------------------------------- engine/session

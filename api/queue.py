@@ -27,10 +27,17 @@ ROUTES = {
     # Quality checks run the model many times: the assessment goes where models are.
     "xaudit.audit_assess": {"queue": ATTRIBUTIONS},
     "xaudit.audit_chunk_failed": {"queue": DEFAULT},
+    # Overridden by EXPLAIN_QUEUE (see celery_config): `xaudit serve` gives /explain a
+    # lane of its own, so a long audit never holds up a one-row explain.
     "xaudit.explain": {"queue": ATTRIBUTIONS},
     "xaudit.dispatch_schedules": {"queue": DEFAULT},
     "xaudit.reap_stale_audits": {"queue": DEFAULT},
 }
+
+
+def explain_queue(config: dict[str, Any]) -> str:
+    """The queue /explain jobs go to: ``EXPLAIN_QUEUE`` (default ``attributions``)."""
+    return str(config.get("EXPLAIN_QUEUE") or ATTRIBUTIONS)
 
 
 def celery_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -50,8 +57,9 @@ def celery_config(config: dict[str, Any]) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": DEFAULT,
-        "task_queues": (Queue(ATTRIBUTIONS), Queue(DEFAULT)),
-        "task_routes": ROUTES,
+        "task_queues": tuple(Queue(q) for q in dict.fromkeys(
+            (ATTRIBUTIONS, DEFAULT, explain_queue(config)))),
+        "task_routes": {**ROUTES, "xaudit.explain": {"queue": explain_queue(config)}},
         "task_track_started": True,
         "result_expires": 24 * 3600,
         "broker_connection_retry_on_startup": True,

@@ -8,6 +8,7 @@ line with their code and exit with status 2; nothing prints a traceback for bad 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -369,7 +370,12 @@ def _service_db():
 
 
 def _spawn_child(argv: list[str]):
-    """Start a helper process that dies with this one (Linux: parent-death signal)."""
+    """Start a helper process that dies with this one (Linux: parent-death signal).
+
+    SIGKILL, not SIGTERM: a worker asked to stop politely first finishes its task, so
+    after a ``kill -9`` of ``xaudit serve`` it would run on as an orphan; its unfinished
+    job is recovered from the database instead (claims and heartbeats).
+    """
     import signal
     import subprocess
 
@@ -377,11 +383,46 @@ def _spawn_child(argv: list[str]):
         try:
             import ctypes
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
 
     return subprocess.Popen(argv, preexec_fn=_die_with_parent)
+
+
+class _Supervisor:
+    """Keeps the embedded worker processes running: one that exits (the watchdog ended it
+    over a time or memory limit, or the kernel killed it) is started again."""
+
+    def __init__(self, specs: list[list[str]]):
+        import threading
+
+        self.specs = specs
+        self.children = [_spawn_child(argv) for argv in specs]
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="supervisor")
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            with self.lock:
+                for i, child in enumerate(self.children):
+                    if child.poll() is not None and not self.stopping.is_set():
+                        click.echo(f"xaudit: child process {' '.join(self.specs[i][3:8])} "
+                                   f"exited ({child.returncode}); starting it again", err=True)
+                        self.children[i] = _spawn_child(self.specs[i])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            for child in self.children:
+                child.terminate()
+            for child in self.children:
+                try:
+                    child.wait(timeout=20)
+                except Exception:
+                    child.kill()
 
 
 @main.command("serve")
@@ -404,16 +445,24 @@ def serve_cmd(host: str, port: int, threads: int, embedded_worker: bool,
     """
     from gunicorn.app.base import BaseApplication
 
-    cfg, _engine = _service_db()
-    children = []
+    specs: list[list[str]] = []
     if embedded_worker:
-        children.append(_spawn_child([
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "-Q", "attributions,default", "--pool", "solo", "-c", "1",
-            "-n", "embedded@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-        ]))
+        # /explain gets a lane (queue and worker) of its own: one tenant's long audit never
+        # holds up another tenant's one-row explain.
+        os.environ.setdefault("XAUDIT_EXPLAIN_QUEUE", "explain")
+        lanes = [("attributions,default", "embedded")]
+        if os.environ["XAUDIT_EXPLAIN_QUEUE"] not in ("attributions", "default"):
+            lanes.append((os.environ["XAUDIT_EXPLAIN_QUEUE"], "explain"))
+        for queues, name in lanes:
+            specs.append([
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                "-Q", queues, "--pool", "solo", "-c", "1", "-n", f"{name}@%h",
+                "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            ])
     if with_beat:
-        children.append(_spawn_child([sys.executable, "-m", "explain.cli", "beat"]))
+        specs.append([sys.executable, "-m", "explain.cli", "beat"])
+    cfg, _engine = _service_db()
+    supervisor = _Supervisor(specs)
 
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
@@ -435,13 +484,7 @@ def serve_cmd(host: str, port: int, threads: int, embedded_worker: bool,
     try:
         _Gunicorn().run()
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except Exception:
-                child.kill()
+        supervisor.stop()
 
 
 @main.command("worker", context_settings={"ignore_unknown_options": True})

@@ -132,6 +132,16 @@ def _start_scheduled(app: Flask, session: Session, sched: db.Schedule) -> str | 
         log.warning("schedule %s: no model %r or dataset %r any more; skipped this run",
                     sched.id, sched.model_name, sched.dataset_name)
         return None
+    busy = session.scalars(
+        db.scoped(db.Audit, sched.tenant_id)
+        .where(db.Audit.schedule_id == sched.id,
+               db.Audit.status.in_(("queued", "running"))).limit(1)).first()
+    if busy is not None:
+        # One run at a time per schedule: a run that outlasts the cron period (or a queue
+        # that is backed up) must not pile up more runs behind it.
+        log.info("schedule %s: its previous run %s is still %s; this run is skipped",
+                 sched.id, busy.id, busy.status)
+        return None
     previous = previous_successful_audit(session, sched)
     audit = services.create_audit(session, sched.tenant_id, model_row, dataset_row,
                                   dict(sched.config or {}),
@@ -150,12 +160,18 @@ def reap_stale(app: Flask, now: datetime | None = None) -> list[str]:
     now = now or db.utcnow()
     touched: list[str] = []
     with app.app_context():
+        from worker.tasks import heartbeat_stale_after
+
+        # Running audits: their heartbeat thread beats every quarter of this, so a minute
+        # of silence means the worker is gone. Queued audits: re-sent after the longer
+        # AUDIT_STALE_AFTER (the queue may just be busy).
+        dead_before = now - timedelta(seconds=heartbeat_stale_after(app.config))
         stale_before = now - timedelta(seconds=float(app.config["AUDIT_STALE_AFTER"]))
         max_attempts = int(app.config.get("AUDIT_MAX_ATTEMPTS", MAX_ATTEMPTS))
         session = db.session()
         rows = session.scalars(
             select(db.Audit).where(db.Audit.status == AuditStatus.RUNNING.value,
-                                   db.Audit.heartbeat_at < stale_before).limit(100)
+                                   db.Audit.heartbeat_at < dead_before).limit(100)
         ).all()
         for audit in rows:
             give_up = (audit.attempts or 0) >= max_attempts
@@ -210,6 +226,11 @@ def run_forever(app: Flask, interval: float | None = None,
             reaped = reap_stale(app)
             if reaped:
                 log.info("beat: requeued or failed stale audits %s", reaped)
+            from api.explain_jobs import sweep_explain_jobs
+
+            lost = sweep_explain_jobs(app)
+            if lost:
+                log.info("beat: re-sent or failed lost explain jobs %s", lost)
         except Exception:
             # The database or broker may be restarting: keep the loop alive.
             log.exception("beat: a dispatch round failed; retrying next round")

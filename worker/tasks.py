@@ -92,55 +92,84 @@ def explain_job(self, job_id: str) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
 
-def _explain_job(job_id: str) -> dict[str, Any]:
-    from explain.attributions import ModelFunction, explain
+def _explain_batch_size(spec, method: str, x: np.ndarray) -> int | None:
+    """Rows per pass that fit this worker's memory budget (from the model's cost), or
+    None to keep the method's default."""
+    if spec is None or not getattr(spec, "cost", None):
+        return None
+    from explain.attributions.registry import default_batch_size, method_info
+    from explain.budget import BudgetPolicy, ModelCost, explain_batch_size
 
+    gradient = method_info(method).gradient_based
+    cap = explain_batch_size(ModelCost.from_dict(spec.cost), BudgetPolicy.from_env(), gradient)
+    return int(min(default_batch_size(x.shape[1:], gradient), cap))
+
+
+def _explain_job(job_id: str) -> dict[str, Any]:
+    from api import explain_jobs as claims
+    from explain.attributions import ModelFunction, explain
+    from worker import watchdog
+
+    cfg = current_app.config
+    stale_after = float(cfg.get("EXPLAIN_STALE_AFTER", claims.DEFAULT_STALE_AFTER))
+    outcome, attempt = claims.claim_explain(job_id, stale_after)
+    if outcome != "claimed":
+        # Finished, missing, or computing on a live worker: a duplicate message (a re-send
+        # or a redelivery) must not start a second computation.
+        log.info("explain job %s is %s; not computed again", job_id, outcome)
+        return {"status": outcome, "skipped": True}
     session = db.session()
     job = session.get(db.ExplainJob, job_id)
-    if job is None:
-        log.warning("explain job %s does not exist", job_id)
-        return {"status": "missing"}
-    if job.status in (AuditStatus.SUCCEEDED, AuditStatus.FAILED):
-        return {"status": job.status}
     model_row = session.get(db.ModelRow, job.model_id)
     req = job.request or {}
     options = dict(req.get("options") or {})
+    method = req.get("method", "integrated_gradients")
+    values: dict[str, Any]
     try:
-        model, _spec = load_model_row(model_row)
-        x = np.asarray(req["instances"], dtype=np.float32)
-        target = req.get("target")
-        if isinstance(target, list):
-            target = np.asarray(target, dtype=np.int64)
-        att = explain(model, x, req.get("method", "integrated_gradients"), target, **options)
-        prediction = ModelFunction(model, output=options.get("output")).predict(x)
-        result = {
-            "method": att.method,
-            "shape": list(att.values.shape),
-            "attributions": _finite_list(att.values),
-            "prediction": _finite_list(prediction),
-            "targets": [int(t) for t in att.targets],
-            "scores": None if att.scores is None else _finite_list(att.scores),
-            "completeness_gap": (None if att.completeness_gap is None
-                                 else _finite_list(att.completeness_gap)),
-        }
-        job.status, job.result = AuditStatus.SUCCEEDED.value, result
+        with claims.Heartbeat(db.ExplainJob, job_id, attempt, stale_after / 4), \
+                watchdog.guard("explain", job_id, soft=float(cfg["EXPLAIN_SOFT_TIME_LIMIT"]),
+                               hard=float(cfg["EXPLAIN_TIME_LIMIT"])):
+            model, spec = load_model_row(model_row)
+            x = np.asarray(req["instances"], dtype=np.float32)
+            target = req.get("target")
+            if isinstance(target, list):
+                target = np.asarray(target, dtype=np.int64)
+            if "batch_size" not in options:
+                size = _explain_batch_size(spec, method, x)
+                if size is not None:
+                    options["batch_size"] = size
+            att = explain(model, x, method, target, **options)
+            prediction = ModelFunction(model, output=options.get("output")).predict(x)
+            result = {
+                "method": att.method,
+                "shape": list(att.values.shape),
+                "attributions": _finite_list(att.values),
+                "prediction": _finite_list(prediction),
+                "targets": [int(t) for t in att.targets],
+                "scores": None if att.scores is None else _finite_list(att.scores),
+                "completeness_gap": (None if att.completeness_gap is None
+                                     else _finite_list(att.completeness_gap)),
+            }
+        values = {"status": AuditStatus.SUCCEEDED.value, "result": result}
     except SoftTimeLimitExceeded:
-        job.status, job.error_code = AuditStatus.FAILED.value, "time_limit"
-        job.error = "the computation exceeded the time limit; ask for fewer rows or steps"
+        values = {"status": AuditStatus.FAILED.value, "error_code": "time_limit",
+                  "error": "the computation exceeded the time limit "
+                           f"({cfg['EXPLAIN_SOFT_TIME_LIMIT']} s); ask for fewer rows or "
+                           "steps"}
     except TRANSIENT:
         raise
     except Exception as exc:
         code, message = lifecycle.classify(exc, default_code="invalid_request",
                                            context=f"explain job {job_id}")
-        job.status, job.error_code = AuditStatus.FAILED.value, code
-        job.error = (message[:2000] if code != lifecycle.INTERNAL
-                     else "internal error while computing attributions")
-    job.finished_at = db.utcnow()
-    session.commit()
+        values = {"status": AuditStatus.FAILED.value, "error_code": code,
+                  "error": (message[:2000] if code != lifecycle.INTERNAL
+                            else "internal error while computing attributions")}
+    if not claims.finish_explain(job_id, attempt, **values):
+        log.info("explain job %s was finished or taken over elsewhere", job_id)
     from api.jobwait import notify_done
 
-    notify_done(current_app.config, job_id)
-    return {"status": job.status}
+    notify_done(cfg, job_id)
+    return {"status": values["status"]}
 
 
 # --------------------------------------------------------------------------- audits
@@ -171,7 +200,7 @@ def run_audit_task(self, audit_id: str) -> dict[str, Any]:
 
 def _claim(audit_id: str) -> str:
     """Mark the audit running if it is queued or abandoned; return what happened."""
-    if lifecycle.claim(audit_id, float(current_app.config["AUDIT_STALE_AFTER"])):
+    if lifecycle.claim(audit_id, heartbeat_stale_after(current_app.config)):
         return "claimed"
     status = lifecycle.status_of(audit_id)
     return "missing" if status is None else status.value
@@ -267,7 +296,7 @@ class _Heartbeat:
     def __init__(self, audit_id: str, attempt: int):
         self.app = current_app._get_current_object()
         self.audit_id, self.attempt = audit_id, attempt
-        stale = float(self.app.config["AUDIT_STALE_AFTER"])
+        stale = heartbeat_stale_after(self.app.config)
         self.every = min(60.0, max(0.5, stale / 4))
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True,
@@ -334,7 +363,7 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
     if claimed != "claimed":
         if claimed == AuditStatus.RUNNING:
             # Another worker holds it and is alive; look again once it could be stale.
-            raise task.retry(countdown=float(current_app.config["AUDIT_STALE_AFTER"]),
+            raise task.retry(countdown=heartbeat_stale_after(current_app.config),
                              max_retries=None)
         log.info("audit %s is %s; nothing to do", audit_id, claimed)
         return {"status": claimed, "skipped": True}
@@ -344,10 +373,15 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
     model_row = session.get(db.ModelRow, audit.model_id)
     dataset_row = session.get(db.DatasetRow, audit.dataset_id)
     progress = _Progress(audit_id)
+    from worker import watchdog
+
+    cfg = current_app.config
     with _Heartbeat(audit_id, int(audit.attempts or 1)):
         if fanout_enabled():
             return _start_fanout(audit_id, audit, model_row, dataset_row, progress)
-        return _run_claimed(audit_id, audit, model_row, dataset_row, progress)
+        with watchdog.guard("audit", audit_id, soft=float(cfg["AUDIT_SOFT_TIME_LIMIT"]),
+                            hard=float(cfg["AUDIT_TIME_LIMIT"])):
+            return _run_claimed(audit_id, audit, model_row, dataset_row, progress)
 
 
 def _load_dataset(dataset_row: db.DatasetRow, config: dict[str, Any] | None) -> Any:
@@ -409,6 +443,16 @@ def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
 # abandoned after AUDIT_STALE_AFTER; the sweeper then starts it again (a wasted attempt,
 # and after AUDIT_MAX_ATTEMPTS a worker_lost failure). Chunks need a liveness of their
 # own (leases of started chunks) before the fan-out can be the default.
+
+
+def heartbeat_stale_after(cfg) -> float:
+    """Seconds without a heartbeat after which a running audit's worker counts as gone:
+    ``AUDIT_HEARTBEAT_STALE`` (a minute; the heartbeat is a thread beating every quarter
+    of it). Fanned-out audits keep ``AUDIT_STALE_AFTER``: their row does not beat while
+    its chunks wait in the queue."""
+    if bool(cfg.get("AUDIT_FANOUT")):
+        return float(cfg["AUDIT_STALE_AFTER"])
+    return float(cfg.get("AUDIT_HEARTBEAT_STALE") or cfg["AUDIT_STALE_AFTER"])
 
 
 def fanout_enabled() -> bool:

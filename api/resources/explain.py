@@ -180,20 +180,17 @@ def get_job(job_id: str):
 
 
 def _resend_if_lost(job: db.ExplainJob) -> None:
-    """Send a long-queued job's task again, in case the broker lost its message."""
-    if job.status != "queued" or job.created_at is None:
-        return
-    after = float(current_app.config.get("EXPLAIN_RESEND_AFTER")
-                  or 2 * float(current_app.config["EXPLAIN_TIMEOUT"]))
-    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(
-        tzinfo=db.utcnow().tzinfo)
-    if (db.utcnow() - created).total_seconds() < after:
-        return
-    if not jobwait.claim_resend(current_app.config, job.id, after):
-        return
-    try:
-        send_task(current_app.extensions["celery"], "xaudit.explain", [job.id],
-                  task_id=f"explain-{job.id}", ignore_result=True)
-        log.info("re-sent explain job %s, queued for over %.0f s", job.id, after)
-    except Exception as exc:
-        log.warning("could not re-send explain job %s: %s", job.id, exc)
+    """Send a lost job's task again: queued past twice the wait (the broker may have lost
+    its message), or running on a worker whose heartbeat stopped. One compare-and-set on
+    the row decides, so many polling clients and API processes send it once per period,
+    with the embedded broker as with Redis (api/explain_jobs.py)."""
+    from api import explain_jobs as claims
+
+    cfg = current_app.config
+    action = claims.recover_explain(
+        job, resend_after=claims.resend_period(cfg),
+        stale_after=float(cfg.get("EXPLAIN_STALE_AFTER", claims.DEFAULT_STALE_AFTER)))
+    if action == "resend" and claims.send_explain(current_app.extensions["celery"], job.id):
+        log.info("re-sent explain job %s", job.id)
+    if action is not None:
+        db.session().refresh(job)

@@ -37,7 +37,20 @@ def healthz():
     except Exception as exc:
         log.warning("health: broker down: %s", exc)
         checks["broker"] = f"error: {type(exc).__name__}"
-    healthy = all(v == "ok" for v in checks.values())
+    cfg = current_app.config
+    if cfg.get("CELERY_TASK_ALWAYS_EAGER"):
+        checks["worker"] = "ok"  # tasks run inside the API process
+    else:
+        try:
+            from api.liveness import live_workers
+
+            n = live_workers(cfg)
+            checks["worker"] = "ok" if n else "error: no live worker"
+        except Exception as exc:
+            checks["worker"] = f"error: {type(exc).__name__}"
+        if not cfg.get("HEALTHZ_REQUIRE_WORKER", True) and checks["worker"] != "ok":
+            checks["worker"] = "unchecked"
+    healthy = all(v in ("ok", "unchecked") for v in checks.values())
     return {"status": "ok" if healthy else "unhealthy", **checks}, 200 if healthy else 503
 
 

@@ -112,7 +112,7 @@ def test_slow_job_answers_202_with_a_job_url(tmp_path, mlp_file):
     with app.app_context():
         assert explain_job.run(r.json["job_id"]) == {"status": "succeeded"}
         # A redelivered message for a finished job does nothing.
-        assert explain_job.run(r.json["job_id"]) == {"status": "succeeded"}
+        assert explain_job.run(r.json["job_id"]) == {"status": "succeeded", "skipped": True}
     job = client.get(r.json["job_url"], headers=headers)
     assert job.status_code == 200 and job.json["status"] == "succeeded"
     assert np.asarray(job.json["attributions"]).shape == (1, 4)
