@@ -105,6 +105,23 @@ def _explain_batch_size(spec, method: str, x: np.ndarray) -> int | None:
     return int(min(default_batch_size(x.shape[1:], gradient), cap))
 
 
+def sized_audit_config(spec: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The audit config with ``batch_size`` no larger than what fits this worker's memory
+    budget for the model (from the cost its intake recorded); unchanged without one."""
+    cost = (spec or {}).get("cost")
+    if not cost:
+        return config
+    from explain.audit import AuditConfig
+    from explain.budget import BudgetPolicy, ModelCost, explain_batch_size
+
+    cap = explain_batch_size(ModelCost.from_dict(cost), BudgetPolicy.from_env(), True)
+    asked = int(config.get("batch_size") or AuditConfig.batch_size)
+    if asked > cap:
+        log.info("audit batch size %d -> %d (memory budget)", asked, cap)
+        config = {**config, "batch_size": cap}
+    return config
+
+
 def _explain_job(job_id: str) -> dict[str, Any]:
     from api import explain_jobs as claims
     from explain.attributions import ModelFunction, explain
@@ -405,7 +422,8 @@ def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
         data = _load_dataset(dataset_row, audit.config)
         previous = load_previous(audit)
         result = run_audit(
-            str(blobs().path(model_row.blob_key)), data, dict(audit.config or {}),
+            str(blobs().path(model_row.blob_key)), data,
+            sized_audit_config(model_row.spec, dict(audit.config or {})),
             progress=progress, previous=previous,
             model_name=model_row.name, dataset_name=dataset_row.name,
         )

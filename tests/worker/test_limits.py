@@ -248,3 +248,17 @@ def test_a_running_audit_without_heartbeat_is_requeued_within_a_minute(
         session.refresh(audit)
         assert audit.status == "queued"
     app.extensions["xaudit_db"]["engine"].dispose()
+
+
+def test_audit_batches_are_sized_from_the_models_cost(monkeypatch):
+    from explain.budget import ModelCost
+    from worker.tasks import sized_audit_config
+
+    cost = ModelCost(input_shape=(2000, 2000, 3), params=150,
+                     activation_elements=28_000_000, forward_flops=10**9).to_dict()
+    monkeypatch.setenv("XAUDIT_WORKER_MEMORY", str(8 * 2**30))
+    sized = sized_audit_config({"cost": cost}, {"samples": 2})
+    # 4 GiB of batch memory over ~450 MB per example: a handful of rows, not 256.
+    assert 1 <= sized["batch_size"] <= 16 and sized["samples"] == 2
+    assert sized_audit_config({"cost": cost}, {"batch_size": 2}) == {"batch_size": 2}
+    assert sized_audit_config({}, {"samples": 2}) == {"samples": 2}
