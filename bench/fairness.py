@@ -66,8 +66,9 @@ def run_one(seed: int, bias: bool, folder: Path, methods: list[str]) -> dict:
                  if d["kind"] == "difference")
     findings = [f for f in report["findings"]
                 if f["code"] in ("group_disparity", "proxy_feature", "disparity_drift")]
-    disparities = sorted({f"{f['evidence']['attribute']}:{f['evidence']['metric']}"
-                          for f in findings if f["code"] == "group_disparity"})
+    disparities = sorted({f"{f['evidence']['attribute']}:{g['metric']}"
+                          for f in findings if f["code"] == "group_disparity"
+                          for g in f["evidence"]["flagged"]})
     proxies = sorted({f"{f['evidence']['attribute']}:{f['evidence']['feature']}"
                       for f in findings if f["code"] == "proxy_feature"})
     return {

@@ -607,39 +607,64 @@ def _fairness_attributes(inputs: FindingInputs):
         yield section, attr
 
 
+#: The order in which gaps headline a ``group_disparity`` finding (the others that also
+#: cross their threshold are listed in its evidence).
+_DISPARITY_ORDER = ("demographic_parity_difference", "equalized_odds_difference",
+                    "equal_opportunity_difference", "demographic_parity_ratio",
+                    "accuracy_difference", "mean_error_difference", "mae_difference")
+
+
+def _gap_sentence(d: Mapping[str, Any], limit: float, pos: str | None) -> str:
+    lo, hi = d["interval"]
+    a, b = (list(d.get("groups") or []) + ["?", "?"])[:2]
+    text = _DISPARITY_TEXT.get(d["metric"], d["metric"].replace("_", " "))
+    ratio = d.get("kind") == "ratio"
+    return (f"the {text} between {a!r} and {b!r} is {float(d['value']):.2f} (95% interval "
+            f"{float(lo):.2f}-{float(hi):.2f}), "
+            + (f"below the four-fifths threshold {limit:.2f}" if ratio
+               else f"above the threshold {limit:.2f}")
+            + (f" (favourable outcome: {pos!r})" if pos and "parity" in d["metric"] else ""))
+
+
 @rule("group_disparity")
 def _group_disparity(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    """One finding per sensitive attribute whose gaps cross their thresholds, headed by
+    the first of :data:`_DISPARITY_ORDER`; every crossing gap is in the evidence."""
     out = []
     for section, attr in _fairness_attributes(inputs):
         small = [g["group"] for g in attr.get("groups") or [] if g.get("small")]
+        crossing = []
         for d in attr.get("disparities") or []:
             flagged, limit = disparity_verdict(d, th, section.get("error_scale"))
-            if not flagged or d.get("value") is None:
-                continue
-            lo, hi = d["interval"]
-            a, b = (list(d.get("groups") or []) + ["?", "?"])[:2]
-            ratio = d.get("kind") == "ratio"
-            severe = (float(hi) < limit - 0.2) if ratio else float(lo) >= 2 * limit
-            text = _DISPARITY_TEXT.get(d["metric"], d["metric"].replace("_", " "))
-            pos = section.get("positive_class")
-            out.append(Finding(
-                code="group_disparity",
-                severity="critical" if severe else "warning",
-                message=(
-                    f"The model treats {attr['name']!r} groups differently: the {text} "
-                    f"between {a!r} and {b!r} is {float(d['value']):.2f} (95% interval "
-                    f"{float(lo):.2f}-{float(hi):.2f}), "
-                    + (f"below the four-fifths threshold {limit:.2f}"
-                       if ratio else f"above the threshold {limit:.2f}")
-                    + (f" (favourable outcome: {pos!r})." if pos and "parity" in d["metric"]
-                       else ".")
-                ),
-                evidence={"attribute": attr["name"], "metric": d["metric"],
-                          "groups": [a, b], "value": float(d["value"]),
-                          "interval": [float(lo), float(hi)], "threshold": limit,
-                          "kind": d.get("kind"), "small_groups_not_judged": small,
-                          "min_group": section.get("min_group")},
-            ))
+            if flagged and d.get("value") is not None:
+                lo, hi = (float(v) for v in d["interval"])
+                ratio = d.get("kind") == "ratio"
+                severe = hi < limit - 0.2 if ratio else lo >= 2 * limit
+                crossing.append(({**d, "interval": [lo, hi]}, limit, severe))
+        if not crossing:
+            continue
+        crossing.sort(key=lambda c: _DISPARITY_ORDER.index(c[0]["metric"])
+                      if c[0]["metric"] in _DISPARITY_ORDER else len(_DISPARITY_ORDER))
+        head, limit, _ = crossing[0]
+        pos = section.get("positive_class")
+        others = [c[0]["metric"].replace("_", " ") for c in crossing[1:]]
+        out.append(Finding(
+            code="group_disparity",
+            severity="critical" if any(c[2] for c in crossing) else "warning",
+            message=(f"The model treats {attr['name']!r} groups differently: "
+                     + _gap_sentence(head, limit, pos) + "."
+                     + (f" Also beyond their thresholds: {', '.join(others)}."
+                        if others else "")),
+            evidence={"attribute": attr["name"], "metric": head["metric"],
+                      "groups": list(head.get("groups") or []),
+                      "value": float(head["value"]), "interval": head["interval"],
+                      "threshold": limit, "kind": head.get("kind"),
+                      "flagged": [{"metric": d["metric"], "groups": d.get("groups"),
+                                   "value": float(d["value"]), "interval": d["interval"],
+                                   "threshold": lim} for d, lim, _ in crossing],
+                      "small_groups_not_judged": small,
+                      "min_group": section.get("min_group")},
+        ))
     return out
 
 
@@ -693,8 +718,10 @@ def _proxy_feature(inputs: FindingInputs, th: FindingThresholds) -> list[Finding
 
 @rule("disparity_drift")
 def _disparity_drift(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    """One finding per sensitive attribute whose gaps moved since the previous audit by
+    at least the threshold, beyond the noise (the two intervals do not overlap)."""
     section = inputs.report.get("fairness") or {}
-    out = []
+    moved: dict[str, list[dict[str, Any]]] = {}
     for item in section.get("drift") or []:
         change = float(item["change"])
         if abs(change) < th.disparity_drift_min_change:
@@ -703,12 +730,17 @@ def _disparity_drift(inputs: FindingInputs, th: FindingThresholds) -> list[Findi
         b = item.get("interval") or [None, None]
         if None not in (*a, *b) and float(a[0]) <= float(b[1]) and float(b[0]) <= float(a[1]):
             continue  # the intervals overlap: the move is within the noise
+        moved.setdefault(item["attribute"], []).append(item)
+    out = []
+    for attribute, items in moved.items():
+        text = "; ".join(f"{i['metric'].replace('_', ' ')} {float(i['previous']):.2f} → "
+                         f"{float(i['current']):.2f}" for i in items)
         out.append(Finding(
             code="disparity_drift", severity="warning",
-            message=(f"The {item['metric'].replace('_', ' ')} between {item['attribute']!r} "
-                     f"groups moved from {float(item['previous']):.2f} to "
-                     f"{float(item['current']):.2f} since the previous audit."),
-            evidence={**item, "threshold": th.disparity_drift_min_change,
+            message=(f"The gaps between {attribute!r} groups moved since the previous "
+                     f"audit: {text}."),
+            evidence={"attribute": attribute, "metric": items[0]["metric"],
+                      "changes": items, "threshold": th.disparity_drift_min_change,
                       "previous_audit": section.get("drift_previous_audit")},
         ))
     return out

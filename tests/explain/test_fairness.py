@@ -249,6 +249,18 @@ def test_group_disparity_judges_the_interval_not_the_point():
              "interval": [0.5, 0.7], "groups": ["A", "B"]}
     assert _codes(_section([ratio])) == ["group_disparity"]
     assert _codes(_section([{**ratio, "interval": [0.5, 0.85]}])) == []
+    # One finding per attribute: headed by demographic parity, every crossing gap listed.
+    eo = {"metric": "equalized_odds_difference", "kind": "difference", "value": 0.4,
+          "interval": [0.3, 0.5], "groups": ["B", "A"]}
+    found = run_rules(FindingInputs(report=_section([eo, ratio, d, wide])))
+    assert [f["code"] for f in found] == ["group_disparity"]
+    ev = found[0]["evidence"]
+    assert ev["metric"] == "demographic_parity_difference"
+    assert [g["metric"] for g in ev["flagged"]] == [
+        "demographic_parity_difference", "equalized_odds_difference",
+        "demographic_parity_ratio"]
+    assert found[0]["severity"] == "critical"  # the equalized-odds interval starts at 3x
+    assert "Also beyond their thresholds: equalized odds difference" in found[0]["message"]
 
 
 def test_proxy_feature_needs_predictiveness_and_attribution():

@@ -119,6 +119,8 @@ def test_gap_drift_against_the_previous_audit(biased, report):
                       {**FAST, "sensitive": ["group", "age"]}, previous=before).report
     found = [f for f in moved["findings"] if f["code"] == "disparity_drift"]
     assert [f["evidence"]["metric"] for f in found] == ["equalized_odds_difference"]
+    assert [c["metric"] for c in found[0]["evidence"]["changes"]] == [
+        "equalized_odds_difference"]
 
 
 def test_cli_audit_of_a_csv_with_sensitive_columns(biased, tmp_path):
