@@ -678,3 +678,66 @@ def colour_scale(kind: str, width: int = 120, height: int = 10) -> str:
     cmap = _INFERNO if kind == "unsigned" else _DIVERGING
     row = cmap(ramp)[..., :3]
     return _png_uri(np.repeat(row[None, :, :], height, axis=0))
+
+
+# -- text and sequences ---------------------------------------------------------------------
+def token_spans(tokens: Sequence[str], positions: Sequence[int], values: np.ndarray
+                ) -> list[dict[str, str]]:
+    """Each token with a background colour for its attribution: red towards the predicted
+    class, blue away from it, opacity by size against the row's largest |value|.
+
+    Returns ``[{text, style, title}]``; ``text`` is the token as given (the template
+    escapes it), ``style`` and ``title`` hold only numbers formatted here.
+    """
+    vals = np.array([float(values[p]) if p < len(values) else 0.0 for p in positions])
+    top = float(np.abs(vals).max()) if len(vals) else 0.0
+    spans = []
+    for text, v in zip(tokens, vals, strict=True):
+        alpha = 0.0 if top <= 0 else min(1.0, abs(v) / top) * 0.85
+        rgb = "214, 39, 40" if v >= 0 else "31, 119, 180"
+        spans.append({"text": str(text), "style": f"background-color: rgba({rgb}, {alpha:.2f})",
+                      "title": f"{v:+.4g}"})
+    return spans
+
+
+def sequence_example_figure(x: np.ndarray, strips: Mapping[str, np.ndarray]) -> str:
+    """The signal of one example (one line per channel) with one attribution strip per
+    method beneath it, on a shared time axis."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    n = len(strips)
+    with _figure(6.4, 1.6 + 0.35 * n) as fig:
+        grid = fig.add_gridspec(1 + n, 1, height_ratios=[4] + [1] * n)
+        ax = fig.add_subplot(grid[0])
+        for c in range(x.shape[1]):
+            ax.plot(np.arange(len(x)), x[:, c], lw=0.9, label=f"channel {c}")
+        if x.shape[1] > 1:
+            ax.legend(loc="upper right", fontsize=6, frameon=False)
+        ax.set_xlim(-0.5, len(x) - 0.5)
+        ax.tick_params(labelbottom=False)
+        for i, (method, strip) in enumerate(strips.items(), start=1):
+            sub = fig.add_subplot(grid[i], sharex=ax)
+            s = np.asarray(strip, dtype=float)[None, :]
+            sub.imshow(s, aspect="auto", cmap="Reds", vmin=0, vmax=_robust_max(s),
+                       extent=(-0.5, s.shape[1] - 0.5, 0, 1))
+            sub.set_yticks([0.5], [_short(method_title(method), 14)])
+            sub.tick_params(axis="y", length=0, labelsize=6)
+            if i < n:
+                sub.tick_params(labelbottom=False)
+        fig.axes[-1].set_xlabel("time step")
+        return _data_uri(fig)
+
+
+def time_importance_figure(over_time: Sequence[float],
+                           per_class: Mapping[str, Sequence[float]] | None = None) -> str:
+    """Mean |attribution| at each time step, overall and per class."""
+    with _figure(6.4, 2.2) as fig:
+        ax = fig.add_subplot()
+        ax.plot(np.arange(len(over_time)), over_time, color=_ACCENT, lw=1.4, label="all")
+        for name, curve in (per_class or {}).items():
+            ax.plot(np.arange(len(curve)), curve, lw=0.9, alpha=0.8, label=_short(name, 16))
+        ax.set_xlabel("time step")
+        ax.set_ylabel("mean |attribution|")
+        ax.legend(loc="upper right", fontsize=6, frameon=False)
+        return _data_uri(fig)

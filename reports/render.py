@@ -224,6 +224,10 @@ def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> 
         ("local", "Local explanations"),
         ("quality", "Explanation quality"),
     ]
+    if report.get("text"):
+        sections.append(("text", "Tokens"))
+    if report.get("sequence"):
+        sections.append(("sequence", "Time and channels"))
     if report.get("fairness"):
         sections.append(("fairness", "Group fairness"))
     sections += [
@@ -246,6 +250,8 @@ def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> 
         "quality": _quality_view(report),
         "drift": _drift_view(report, result),
         "fairness": _fairness_view(report),
+        "text": _text_view(report),
+        "sequence": _sequence_view(report),
         "class_names": class_names,
         "scales": {kind: figures.colour_scale(kind) for kind in ("unsigned", "signed")},
     }
@@ -339,12 +345,22 @@ def _examples_view(
     shown = order[:max_examples]
     maps = result.maps()
     x = result.examples_x
-    image = report["dataset"]["kind"] == "image"
+    kind = report["dataset"]["kind"]
+    image = kind == "image"
+    text_examples = (report.get("text") or {}).get("examples") or []
     rows = []
     for i in shown:
         example = examples[i]
-        figure, panels = None, []
-        if image and x is not None:
+        figure, panels, tokens = None, [], []
+        if kind == "text" and i < len(text_examples):
+            # padding is not among the tokens; the template escapes each token
+            shown_tokens = text_examples[i]
+            tokens = [(m, figures.token_spans(shown_tokens["tokens"],
+                                              shown_tokens["positions"], a[i]))
+                      for m, a in maps.items()]
+        elif kind == "sequence" and x is not None:
+            figure = figures.sequence_example_figure(x[i], {m: a[i] for m, a in maps.items()})
+        elif image and x is not None:
             panels = figures.image_panels(x[i], {m: a[i] for m, a in maps.items()})
         elif not image and maps:
             n_features = next(iter(maps.values())).shape[1]
@@ -360,9 +376,43 @@ def _examples_view(
                 "reason": _REASON_TEXT[example["reason"]],
                 "figure": figure,
                 "panels": panels,
+                "tokens": tokens,
             }
         )
     return {"rows": rows, "total": len(examples), "methods": list(maps)}
+
+
+def _text_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    text = report.get("text")
+    if not text:
+        return None
+    class_names = report["dataset"]["class_names"]
+    classes = [{"name": _label_text(c["class"], class_names), "examples": c["examples"],
+                "top_tokens": c["top_tokens"]} for c in text.get("classes") or []]
+    candidates = [{**c, "class_name": _label_text(c["class"], class_names)}
+                  for c in text.get("candidates") or []]
+    return {"method": text.get("method"), "rows": text.get("rows"), "classes": classes,
+            "candidates": candidates, "vocabulary_known": text.get("vocabulary_known")}
+
+
+def _sequence_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    seq = report.get("sequence")
+    if not seq:
+        return None
+    class_names = report["dataset"]["class_names"]
+    per_class = {_label_text(c["class"], class_names): c["over_time"]
+                 for c in seq.get("classes") or []}
+    channels = [{"feature": f"channel {j}", "score": float(v)}
+                for j, v in enumerate(seq.get("per_channel") or [])]
+    return {
+        "method": seq.get("method"), "rows": seq.get("rows"), "window": seq.get("window"),
+        "time_figure": figures.time_importance_figure(seq.get("over_time") or [], per_class),
+        "channel_figure": figures.importance_figure(
+            sorted(channels, key=lambda c: -c["score"]), top=16,
+            xlabel="mean |attribution| summed over time") if channels else None,
+        "candidates": [{**c, "class_name": _label_text(c["class"], class_names)}
+                       for c in seq.get("candidates") or []],
+    }
 
 
 def _quality_view(report: Mapping[str, Any]) -> list[dict[str, Any]]:

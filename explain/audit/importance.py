@@ -26,8 +26,11 @@ def global_importance(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, np.n
     maps: dict[str, np.ndarray] = {}
     class_maps: dict[str, np.ndarray] = {}
     if kind in ("text", "sequence"):
+        # text: the signed score of each token (the report colours tokens by it);
+        # sequences: |attribution| over time, summed over channels
         return _time_importance(ctx), class_maps, {
-            m: time_map(a.values) for m, a in attributions.items()}
+            m: (np.asarray(a.values, np.float32) if kind == "text" else time_map(a.values))
+            for m, a in attributions.items()}
     if kind == "tabular":
         for m, a in attributions.items():
             maps[m] = a.values.reshape(len(a.values), -1).astype(np.float32)

@@ -85,3 +85,26 @@ def test_sequence_audit_names_the_spike(trained):
     clean = trained["sequence_spike", "conv1d", False]
     assert "shortcut_span" not in _codes(run_audit(clean.model_path, clean.test_path,
                                                    FAST).report)
+
+
+def test_reports_render_tokens_escaped_and_sequence_figures(trained, tmp_path):
+    from reports.render import render_html
+
+    res = trained["text_leaky", "pool", True]
+    test = np.load(res.test_path)
+    vocab = list(res.dataset.vocabulary)
+    evil = "<img src=x onerror=alert(1)>"
+    vocab[vocab.index("src_wire")] = evil
+    np.savez(tmp_path / "evil.npz", x=test["x"], y=test["y"], vocabulary=np.array(vocab))
+    result = run_audit(res.model_path, tmp_path / "evil.npz", FAST)
+    assert result.report["text"]["classes"][1]["top_tokens"][0]["token"] == evil
+    html = render_html(result)
+    assert evil not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert 'id="text"' in html and html.count('class="tok"') > 20
+    # padding is never shown: every shown token is a real one
+    for ex in result.report["text"]["examples"]:
+        assert "" not in ex["tokens"] and len(ex["tokens"]) == len(ex["positions"])
+
+    seq = trained["sequence_spike", "conv1d", True]
+    html = render_html(run_audit(seq.model_path, seq.test_path, FAST))
+    assert 'id="sequence"' in html and "Importance over time" in html
