@@ -169,6 +169,11 @@ class FairnessOptions:
 
 # --------------------------------------------------------------------------- groups
 
+#: Most groups one attribute may have: beyond this it is an identifier, not a group.
+MAX_GROUPS = 50
+#: Group labels longer than this are cut (they label report tables).
+MAX_GROUP_LABEL = 80
+
 
 def _fmt(v: float) -> str:
     return f"{v:g}"
@@ -203,7 +208,11 @@ def group_labels(values: np.ndarray, name: str, edges: Sequence[float] | None = 
     if not numeric or (edges is None and len(np.unique(values)) <= max_categories):
         if numeric and values.dtype.kind == "f" and np.all(values == np.round(values)):
             values = values.astype(np.int64)
-        return values.astype(str), {"binned": False, "bins": None}
+        labels = values.astype(str)
+        if labels.dtype.itemsize // 4 > MAX_GROUP_LABEL:
+            labels = np.array([v if len(v) <= MAX_GROUP_LABEL else v[:MAX_GROUP_LABEL - 1]
+                               + "…" for v in labels.tolist()])
+        return labels, {"binned": False, "bins": None}
     v = values.astype(np.float64)
     if edges is None:
         qs = np.quantile(v, np.linspace(0, 1, n_bins + 1)[1:-1])
@@ -250,6 +259,11 @@ def sensitive_groups(sensitive: Mapping[str, np.ndarray], n_rows: int, min_group
         labels, info = group_labels(values, name, bins.get(name), options.n_bins,
                                     options.max_categories)
         groups, counts = np.unique(labels, return_counts=True)
+        if len(groups) > MAX_GROUPS:
+            raise DataError(
+                f"sensitive attribute {name!r} has {len(groups)} distinct values; at most "
+                f"{MAX_GROUPS} groups are compared (bin it with config fairness.bins, or "
+                "merge rare values)", code="bad_sensitive")
         big = int((counts >= min_group).sum())
         if big < 2:
             shown = ", ".join(f"{g}: {c}" for g, c in zip(groups, counts, strict=True))
@@ -484,16 +498,27 @@ def _bootstrap(y_true, y_pred, groups, eligible, pos, regression, n_boot, seed
     cols: dict[str, list[np.ndarray]] = {}
     for g in eligible:
         idx = np.flatnonzero(groups == g)
-        draw = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]
-        yt, yp = y_true[draw], y_pred[draw]
-        if regression:
-            err = yp.astype(np.float64) - yt.astype(np.float64)
-            vals = {"mean_error": err.mean(axis=1), "mae": np.abs(err).mean(axis=1)}
-        else:
-            vals = _rates_from_counts(_counts(yt, yp, pos))
-        for k, v in vals.items():
-            cols.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
+        # Replicates in blocks of at most ~4M drawn rows, so memory stays bounded on
+        # large audits (200 replicates of a 100k-row group would be 20M indices at once).
+        step = max(1, min(n_boot, _BOOT_BLOCK // max(len(idx), 1)))
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, n_boot, step):
+            reps = min(step, n_boot - start)
+            draw = idx[rng.integers(0, len(idx), size=(reps, len(idx)))]
+            yt, yp = y_true[draw], y_pred[draw]
+            if regression:
+                err = yp.astype(np.float64) - yt.astype(np.float64)
+                vals = {"mean_error": err.mean(axis=1), "mae": np.abs(err).mean(axis=1)}
+            else:
+                vals = _rates_from_counts(_counts(yt, yp, pos))
+            for k, v in vals.items():
+                parts.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
+        for k, v in parts.items():
+            cols.setdefault(k, []).append(np.concatenate(v))
     return {k: np.stack(v, axis=1) for k, v in cols.items()}
+
+
+_BOOT_BLOCK = 4_000_000
 
 
 def point_disparities(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray,
@@ -673,6 +698,10 @@ def assess_fairness(
     """
     options = options or FairnessOptions()
     min_group = int(thresholds.fairness_min_group)
+    if (options.positive_class is not None and task != "regression" and class_names
+            and not 0 <= options.positive_class < len(class_names)):
+        raise ValueError(f"config fairness.positive_class is {options.positive_class}, but "
+                         f"the model has {len(class_names)} classes (0..{len(class_names) - 1})")
     n = len(x)
     labelled = sensitive_groups(sensitive, n, min_group, options)
     total = sum(max(float(i["score"]), 0.0) for i in importance or []) or 1.0

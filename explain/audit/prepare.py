@@ -191,7 +191,7 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
         vocab = tokens.vocabulary() or dataset.vocabulary
         if vocab is not None:
             arrays["vocabulary"] = np.array(vocab, dtype=str)
-    sensitive = _sensitive_arrays(dataset, cfg)
+    sensitive = _sensitive_arrays(dataset, cfg, None if regression else len(class_names))
     arrays.update({f"sensitive.{k}": v for k, v in sensitive.items()})
     if kind == "tabular" and method_is_cheap(global_method(methods)):
         arrays["global_rows"] = np.sort(rng.choice(len(x), min(cfg.global_rows, len(x)),
@@ -235,13 +235,19 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
     return AuditPlan(meta=to_jsonable(meta), arrays=arrays), loaded
 
 
-def _sensitive_arrays(dataset: Any, cfg: AuditConfig) -> dict[str, np.ndarray]:
-    """The data's sensitive attributes, checked now (two groups large enough to compare)
-    so that a bad attribute fails the audit before its expensive stages."""
+def _sensitive_arrays(dataset: Any, cfg: AuditConfig,
+                      n_classes: int | None) -> dict[str, np.ndarray]:
+    """The data's sensitive attributes, checked now (two groups large enough to compare,
+    a favourable class the model has) so that a bad attribute or option fails the audit
+    before its expensive stages."""
     from explain.fairness import check_sensitive_data
 
     if not dataset.sensitive:
         return {}
+    positive = (cfg.fairness or {}).get("positive_class")
+    if positive is not None and n_classes is not None and not 0 <= positive < n_classes:
+        raise ValueError(f"config fairness.positive_class is {positive}, but the model has "
+                         f"{n_classes} classes (0..{n_classes - 1})")
     return check_sensitive_data(dataset, None, cfg.thresholds, cfg.fairness)
 
 

@@ -293,3 +293,72 @@ def test_disparity_drift_when_the_gap_moves_beyond_the_noise():
     drift[0]["interval"] = [0.08, 0.4]
     assert "disparity_drift" not in _codes(cur)
     assert disparity_drift(None, cur["fairness"]) is None
+
+
+def test_regression_gaps_are_judged_against_the_error_scale():
+    from explain.fairness import assess_fairness
+
+    rng = np.random.default_rng(2)
+    n = 600
+    g = np.where(rng.random(n) < 0.5, "p", "q")
+    x = np.stack([rng.normal(size=n), (g == "q") + rng.normal(0, 0.2, size=n)], axis=1)
+    y = x[:, 0]
+
+    def predict(xx):  # over-predicts for rows that look like group q
+        return xx[:, 0] + 0.6 * (xx[:, 1] > 0.5) + 0.05 * np.sin(7 * xx[:, 0])
+
+    section = assess_fairness(
+        sensitive={"g": g}, x=x, y_true=y, y_pred=predict(x), task="regression",
+        predict=predict, kind="tabular", thresholds=FindingThresholds(),
+        feature_names=["score", "zone"],
+        importance=[{"feature": "score", "score": 1.0}, {"feature": "zone", "score": 0.4}])
+    assert section["positive_class"] is None
+    gaps = {d["metric"] for d in section["attributes"][0]["disparities"]}
+    assert gaps == {"mean_error_difference", "mae_difference"}
+    # The rule needs the error scale (the audit adds the overall MAE): a gap of ~0.5
+    # against an MAE of ~0.25 is a disparity.
+    section["error_scale"] = float(np.mean(np.abs(predict(x) - y)))
+    found = run_rules(FindingInputs(report={"fairness": section}))
+    codes = [f["code"] for f in found]
+    assert "group_disparity" in codes and "proxy_feature" in codes
+    proxy = next(f for f in found if f["code"] == "proxy_feature")["evidence"]
+    assert proxy["feature"] == "zone"
+    assert proxy["disparity_without"]["mean_error_difference"] < 0.2
+
+
+def test_image_models_get_group_metrics_but_no_proxies():
+    from explain.fairness import assess_fairness
+
+    rng = np.random.default_rng(0)
+    g = np.where(rng.random(200) < 0.5, "a", "b")
+    y = rng.integers(0, 2, size=200)
+    section = assess_fairness(
+        sensitive={"g": g}, x=rng.random((200, 8, 8, 1)), y_true=y, y_pred=y, task="binary",
+        predict=None, kind="image", thresholds=FindingThresholds())
+    attr = section["attributes"][0]
+    assert attr["proxies"] == [] and attr["attribution"] is None
+    assert "tabular" in section["notes"][0]
+    assert attr["disparities"][0]["value"] == pytest.approx(
+        demographic_parity_difference(y, y, sensitive_features=g))
+
+
+def test_identifiers_are_not_groups_and_long_labels_are_cut():
+    ids = np.array([f"user{i}" for i in range(300)])
+    with pytest.raises(DataError, match="300 distinct values") as err:
+        sensitive_groups({"id": ids}, 300, 2, FairnessOptions())
+    assert err.value.code == "bad_sensitive"
+    labels, _ = group_labels(np.array(["x" * 500, "y"]), "g")
+    assert max(len(v) for v in labels) <= 80
+
+
+def test_bootstrap_in_blocks_matches_one_block(monkeypatch):
+    import explain.fairness as fairness
+
+    y, pred, groups, _ = _data(n=900)
+    one = group_metrics(y, pred, groups, task="binary", min_group=30, n_boot=60, seed=1)
+    monkeypatch.setattr(fairness, "_BOOT_BLOCK", 1000)  # a few replicates per block
+    blocks = group_metrics(y, pred, groups, task="binary", min_group=30, n_boot=60, seed=1)
+    assert [d["value"] for d in one["disparities"]] == [d["value"] for d in blocks["disparities"]]
+    for a, b in zip(one["disparities"], blocks["disparities"], strict=True):
+        assert a["interval"][1] - a["interval"][0] == pytest.approx(
+            b["interval"][1] - b["interval"][0], abs=0.08)

@@ -101,6 +101,9 @@ def test_unknown_or_too_small_attributes_are_refused(biased):
     assert err.value.code == "bad_sensitive"
     with pytest.raises(ValueError, match="unknown fairness option"):
         run_audit(biased.model_path, biased.test_path, {**FAST, "fairness": {"nboot": 5}})
+    with pytest.raises(ValueError, match="the model has 2 classes"):
+        run_audit(biased.model_path, biased.test_path,
+                  {**FAST, "fairness": {"positive_class": 5}})
 
 
 def test_gap_drift_against_the_previous_audit(biased, report):
