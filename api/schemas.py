@@ -102,7 +102,9 @@ class AuditListOut(Schema):
 class ExplainIn(Schema):
     model_id = String(required=True, **ID_FIELD)
     instances = List(Raw(), required=True, validate=Length(min=1),
-                     metadata={"description": "Rows shaped like the model input, (N, ...)."})
+                     metadata={"description": "Rows shaped like the model input, (N, ...); "
+                               "for text models, strings (when the model reads strings) "
+                               "or lists of token ids."})
     method = String(load_default="integrated_gradients", validate=Length(min=1, max=64))
     target = Raw(load_default=None, allow_none=True,
                  metadata={"description": "null (predicted class), an int, or one int per row."})
@@ -120,6 +122,10 @@ class ExplainOut(Schema):
     scores = Raw(allow_none=True)
     completeness_gap = Raw(allow_none=True)
     shape = Raw(allow_none=True)
+    token_ids = Raw(allow_none=True, metadata={
+        "description": "Text models: the token ids each row was explained on (N, T)."})
+    tokens = Raw(allow_none=True, metadata={
+        "description": "Text models with a vocabulary: the token of each id (N, T)."})
     error = Raw(allow_none=True)
 
 

@@ -147,16 +147,28 @@ def _explain_job(job_id: str) -> dict[str, Any]:
                 watchdog.guard("explain", job_id, soft=float(cfg["EXPLAIN_SOFT_TIME_LIMIT"]),
                                hard=float(cfg["EXPLAIN_TIME_LIMIT"])):
             model, spec = load_model_row(model_row)
-            x = np.asarray(req["instances"], dtype=np.float32)
+            instances = req["instances"]
+            texts = bool(instances) and isinstance(instances[0], str)
+            x = (np.asarray(instances, dtype=str) if texts
+                 else np.asarray(instances, dtype=np.float32))
             target = req.get("target")
             if isinstance(target, list):
                 target = np.asarray(target, dtype=np.int64)
-            if "batch_size" not in options:
+            if "batch_size" not in options and not texts:
                 size = _explain_batch_size(spec, method, x)
                 if size is not None:
                     options["batch_size"] = size
             att = explain(model, x, method, target, **options)
-            prediction = ModelFunction(model, output=options.get("output")).predict(x)
+            token_ids = att.extra.get("token_ids")
+            if token_ids is not None:
+                # a text model: predictions from the ids it was explained on
+                from explain.attributions.tokens import token_model
+
+                tm = token_model(model)
+                prediction = ModelFunction(tm.ids_model, output=options.get("output")).predict(
+                    np.asarray(token_ids, np.float32))
+            else:
+                prediction = ModelFunction(model, output=options.get("output")).predict(x)
             result = {
                 "method": att.method,
                 "shape": list(att.values.shape),
@@ -167,6 +179,12 @@ def _explain_job(job_id: str) -> dict[str, Any]:
                 "completeness_gap": (None if att.completeness_gap is None
                                      else _finite_list(att.completeness_gap)),
             }
+            if token_ids is not None:
+                result["token_ids"] = np.asarray(token_ids).astype(int).tolist()
+                vocab = tm.vocabulary()
+                if vocab is not None:
+                    result["tokens"] = [[vocab[int(t)] if 0 <= int(t) < len(vocab) else None
+                                         for t in row] for row in result["token_ids"]]
         values = {"status": AuditStatus.SUCCEEDED.value, "result": result}
     except SoftTimeLimitExceeded:
         values = {"status": AuditStatus.FAILED.value, "error_code": "time_limit",

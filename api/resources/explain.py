@@ -34,12 +34,35 @@ def _fmt(shape) -> str:
     return "(N, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+#: Longest text accepted per instance, in characters.
+MAX_TEXT_CHARS = 20_000
+
+
+def _validate_texts(instances: list, spec: dict[str, Any]) -> np.ndarray:
+    """Raw strings for a text model: the model must read strings itself."""
+    text = spec.get("text") or {}
+    if not all(isinstance(v, str) for v in instances):
+        abort(422, "non_numeric", "instances must be all strings (texts) or all lists of "
+              "token ids")
+    if not text.get("string_input"):
+        abort(422, "bad_instances", "this model takes token ids and carries no vocabulary to "
+              "read text with; send each instance as a list of token ids")
+    longest = max(len(v) for v in instances)
+    if longest > MAX_TEXT_CHARS:
+        abort(422, "too_many_values", f"an instance has {longest} characters; at most "
+              f"{MAX_TEXT_CHARS}")
+    return np.array(instances, dtype=str)
+
+
 def validate_instances(instances: list, spec: dict[str, Any]) -> np.ndarray:
     cfg = current_app.config
     max_rows = int(cfg["EXPLAIN_MAX_INSTANCES"])
     if len(instances) > max_rows:
         abort(422, "too_many_instances",
               f"{len(instances)} instances; at most {max_rows} per request")
+    text = spec.get("text") if spec.get("input_kind") == "text" else None
+    if text and any(isinstance(v, str) for v in instances):
+        return _validate_texts(instances, spec)
     limits.check_numeric_rows(instances)
     try:
         arr = np.asarray(instances, dtype=np.float64)
@@ -55,6 +78,15 @@ def validate_instances(instances: list, spec: dict[str, Any]) -> np.ndarray:
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
         abort(422, "non_finite", f"instances contain NaN or Inf (first at index {bad})")
     want = spec.get("input_shape")
+    if text and text.get("sequence_length"):
+        # a text model is explained from token ids (N, T), also when it reads strings
+        want = [int(text["sequence_length"])]
+        vocab = int(text.get("vocab_size") or 0)
+        if arr.ndim == 2 and arr.shape[1] == want[0] and (
+                np.any(arr != np.round(arr)) or arr.min() < 0
+                or (vocab and arr.max() >= vocab)):
+            abort(422, "bad_instances", f"token ids must be integers in [0, {vocab - 1}] "
+                  "for this model's vocabulary")
     if want is not None:
         want = [None if d is None else int(d) for d in want]
         got = list(arr.shape[1:])
@@ -75,6 +107,13 @@ def validate_method_and_options(method: str, options: dict[str, Any], target: An
         abort(422, "unknown_method",
               f"unknown method {method[:64]!r}; known methods: {', '.join(METHODS)}")
     allowed = method_info(method).options | COMMON_OPTIONS
+    if spec.get("input_kind") == "text":
+        from explain.attributions.tokens import TOKEN_OPTIONS
+
+        if method not in TOKEN_OPTIONS:
+            abort(422, "unknown_method", f"{method} does not apply to text models; use one "
+                  f"of {', '.join(sorted(TOKEN_OPTIONS))}")
+        allowed = set(TOKEN_OPTIONS[method]) | COMMON_OPTIONS
     unknown = sorted(set(options) - allowed)
     if unknown:
         abort(422, "bad_options",
