@@ -92,7 +92,8 @@ def test_oversized_upload_is_413_and_leaves_nothing(tmp_path, mlp_file):
 
 
 def test_hostile_model_zoo_is_refused_with_its_code(app, client, auth, tmp_path):
-    hostile = pytest.importorskip("tests.hostile")
+    from tests import hostile
+
     zoo = hostile.build_hostile_zoo(tmp_path / "zoo", include_savedmodel=True)
     checked = 0
     for name, (path, expected, marker) in sorted(zoo.items()):

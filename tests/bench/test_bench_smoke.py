@@ -24,7 +24,7 @@ SECTIONS = (
 )
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_quick_bench_prints_every_table(tmp_path):
     md = tmp_path / "bench.md"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -1,6 +1,6 @@
 """The real audit pipeline's output, rendered: the end-to-end check of the contract.
 
-Skipped until ``explain.audit.run_audit`` exists. It is called the way the worker calls it:
+It calls the pipeline the way the worker calls it:
 ``run_audit(model_path, data, config, model_name=..., dataset_name=...)`` returning an
 :class:`~explain.result.AuditResult`.
 """
@@ -15,17 +15,8 @@ from tests.reports.html_checks import parse
 pytestmark = pytest.mark.slow
 
 
-def _run_audit():
-    audit = pytest.importorskip(
-        "explain.audit", reason="explain.audit (the audit pipeline) is not written yet"
-    )
-    if not hasattr(audit, "run_audit"):
-        pytest.skip("explain.audit.run_audit is not written yet")
-    return audit.run_audit
-
-
 def test_pipeline_result_validates_renders_and_round_trips(tmp_path):
-    run_audit = _run_audit()
+    from explain.audit import run_audit
     from explain.datasets import load_data_file
     from reports import render_html, render_json, validate_report
     from tests import models

@@ -3,8 +3,6 @@ default (`xaudit serve` alone, no Redis)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import requests
@@ -12,8 +10,6 @@ import requests
 from tests.worker.conftest import BIN, base_env, create_key, free_port, wait_for, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-HAS_RUN_AUDIT = importlib.util.find_spec("explain.audit") is not None
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +86,6 @@ def test_explain_round_trip_with_redis_and_a_real_worker(tmp_path, procs, redis_
     assert 'endpoint="explain.explain"' in metrics
 
 
-@pytest.mark.skipif(not HAS_RUN_AUDIT,
-                    reason="explain/audit.py (run_audit) has not landed yet; this test runs "
-                           "the full upload -> audit -> report flow as soon as it does")
 def test_audit_end_to_end_with_redis(tmp_path, procs, redis_db, mlp_path, rows_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
