@@ -8,6 +8,7 @@ Every key here can be set from the environment with the ``XAUDIT_`` prefix
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,22 @@ def defaults() -> dict[str, Any]:
         "EXPLAIN_STALE_AFTER": 30.0,
         # /healthz answers 503 when no worker has beaten within 30 s (eager mode: no check).
         "HEALTHZ_REQUIRE_WORKER": True,
+        # Base URL of the API as users reach it (https://xaudit.example); makes the report
+        # links in webhooks absolute. Empty: links are paths.
+        "PUBLIC_URL": "",
+        # Model intake and the work budget (read by explain.modelio.IntakePolicy,
+        # explain.budget.BudgetPolicy and explain.arrayguard; see POLICY_KEYS). None keeps
+        # the library's default.
+        "MAX_MODEL_BYTES": None,  # largest model file accepted
+        "ALLOW_SAVEDMODEL": None,  # accept TensorFlow SavedModel archives (true/false)
+        "ALLOWED_CUSTOM_OBJECTS": None,  # comma-separated custom layer names to allow
+        "MAX_DATA_BYTES": None,  # largest declared array data in an uploaded .npy/.npz
+        "MAX_DATA_RATIO": None,  # largest declared/stored size ratio of a compressed .npz
+        "WORKER_MEMORY": None,  # bytes a worker may use for one request (default: half RAM)
+        "MAX_PARAMS": None,  # largest parameter count of an uploaded model
+        "MAX_INPUT_ELEMENTS": None,  # largest number of input values per example
+        "EXPLAIN_MAX_FLOPS": None,  # largest estimated work of one /explain request
+        "AUDIT_MAX_FLOPS": None,  # largest estimated attribution work of one audit
         # Per tenant: queued or running audits / explain jobs, and schedules; over the cap
         # a request is answered 429 with Retry-After.
         "MAX_QUEUED_AUDITS": 10,
@@ -110,6 +127,47 @@ def resolve(config: dict[str, Any]) -> None:
             redis_url or f"db+sqlite:///{data_dir / 'celery-results.sqlite'}"
         )
     config["BROKER_DIR"] = str(data_dir / "broker")
+
+
+#: Settings the explain library's policies read, under their ``XAUDIT_*`` names.
+POLICY_KEYS = ("MAX_MODEL_BYTES", "ALLOW_SAVEDMODEL", "ALLOWED_CUSTOM_OBJECTS",
+               "MAX_DATA_BYTES", "MAX_DATA_RATIO", "WORKER_MEMORY", "MAX_PARAMS",
+               "MAX_INPUT_ELEMENTS", "EXPLAIN_MAX_FLOPS", "AUDIT_MAX_FLOPS")
+
+
+def policy_environ(config: Mapping[str, Any]) -> dict[str, str]:
+    """The policy settings of ``config`` as the ``XAUDIT_*`` mapping the explain library
+    reads (``IntakePolicy.from_env(environ)`` and friends).
+
+    The service passes this mapping instead of letting the library read ``os.environ``,
+    so the app's configuration (defaults, ``XAUDIT_*`` variables, ``create_app``'s test
+    config) is the one place intake limits come from.
+    """
+    out: dict[str, str] = {}
+    for key in POLICY_KEYS:
+        value = config.get(key)
+        if value is None or value == "":
+            continue
+        if isinstance(value, (list, tuple, set, frozenset)):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        out[f"XAUDIT_{key}"] = str(value)
+    return out
+
+
+def intake_policy(config: Mapping[str, Any]):
+    """The model intake policy of ``config`` (:class:`explain.modelio.IntakePolicy`)."""
+    from explain.modelio import IntakePolicy
+
+    return IntakePolicy.from_env(policy_environ(config))
+
+
+def budget_policy(config: Mapping[str, Any]):
+    """The work budget of ``config`` (:class:`explain.budget.BudgetPolicy`)."""
+    from explain.budget import BudgetPolicy
+
+    return BudgetPolicy.from_env(policy_environ(config))
 
 
 def load() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from api.errors import abort
-from explain.budget import BudgetError, BudgetPolicy, ModelCost, check_audit, check_request
+from explain.budget import BudgetError, ModelCost, check_audit, check_request
 
 #: Options that are switches: JSON true/false only (``"yes"``, 1 are refused).
 BOOL_OPTIONS = frozenset({"logits", "multiply_by_input", "absolute", "normalize"})
@@ -79,7 +79,7 @@ def check_explain_budget(spec: Mapping[str, Any], method: str, rows: int,
     if cost is None:
         return
     try:
-        check_request(cost, method, rows, options, BudgetPolicy.from_env())
+        check_request(cost, method, rows, options, _budget())
     except BudgetError as exc:
         _refuse(exc)
 
@@ -100,7 +100,7 @@ def check_audit_budget(spec: Mapping[str, Any], config: Mapping[str, Any]) -> No
     methods = cfg.methods or DEFAULT_METHODS.get(str(spec.get("input_kind")),
                                                  DEFAULT_METHODS["tabular"])
     try:
-        check_audit(cost, config, methods, BudgetPolicy.from_env())
+        check_audit(cost, config, methods, _budget())
     except BudgetError as exc:
         _refuse(exc)
 
@@ -113,6 +113,15 @@ def _too_many(message: str, retry_after: int) -> None:
 
     _abort(429, message, headers={"Retry-After": str(int(retry_after))},
            extra_data={"code": "too_many_requests"})
+
+
+def _budget():
+    """The work budget of the app's configuration (api.config.budget_policy)."""
+    from flask import current_app
+
+    from api.config import budget_policy
+
+    return budget_policy(current_app.config)
 
 
 def _setting(name: str, default: int) -> int:

@@ -87,13 +87,18 @@ def _declared_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 def check_array_file(path: str | os.PathLike, cap: int | None = None,
-                     max_ratio: float | None = None) -> dict[str, tuple[int, ...]]:
+                     max_ratio: float | None = None,
+                     environ: Mapping[str, str] | None = None) -> dict[str, tuple[int, ...]]:
     """Refuse an ``.npy``/``.npz`` whose headers declare more than the caps, or more than
-    the file holds. Returns each member's declared shape. Reads headers only."""
+    the file holds. Returns each member's declared shape. Reads headers only.
+
+    ``cap`` and ``max_ratio`` default to ``XAUDIT_MAX_DATA_BYTES`` and
+    ``XAUDIT_MAX_DATA_RATIO`` of ``environ`` (default: the process environment)."""
     p = Path(path)
-    cap = max_data_bytes() if cap is None else cap
+    env = os.environ if environ is None else environ
+    cap = max_data_bytes(env) if cap is None else cap
     if max_ratio is None:
-        max_ratio = float(os.environ.get("XAUDIT_MAX_DATA_RATIO") or 100.0)
+        max_ratio = float(env.get("XAUDIT_MAX_DATA_RATIO") or 100.0)
     source = p.name
     ext = p.suffix.lower()
     if ext == ".npy":

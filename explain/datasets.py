@@ -46,7 +46,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,7 +337,8 @@ def _infer_kind(x: np.ndarray) -> str:
 
 
 def load_data_file(path: str | os.PathLike, label: str | None = None,
-                   sensitive: Sequence[str] | str | None = None) -> Dataset:
+                   sensitive: Sequence[str] | str | None = None,
+                   environ: Mapping[str, str] | None = None) -> Dataset:
     """Read a user's data file.
 
     Parameters
@@ -357,6 +358,9 @@ def load_data_file(path: str | os.PathLike, label: str | None = None,
         the file's attributes to keep (array ``sensitive`` of shape ``(N,)`` or
         ``(N, k)``, strings or numbers, named by ``sensitive_names`` ``(k,)``); an
         ``.npz`` with a ``sensitive`` array keeps all of them when this is None.
+    environ
+        Where the data size caps (``XAUDIT_MAX_DATA_BYTES``, ``XAUDIT_MAX_DATA_RATIO``)
+        are read (default: the process environment; the service passes its config).
 
     Returns
     -------
@@ -384,7 +388,7 @@ def load_data_file(path: str | os.PathLike, label: str | None = None,
         # Declared sizes from the headers, before np.load allocates what they declare.
         from explain.arrayguard import check_array_file
 
-        check_array_file(p)
+        check_array_file(p, environ=environ)
     if ext == ".npz":
         return _select_sensitive(_load_npz(p), wanted, p.name)
     if ext == ".npy":

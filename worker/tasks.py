@@ -29,6 +29,7 @@ from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from api import db, lifecycle
+from api.config import policy_environ
 from api.lifecycle import AuditStatus
 from explain.audit.plan import npz_bytes
 from worker import webhooks  # noqa: F401 - registers xaudit.webhook with the app
@@ -59,11 +60,12 @@ def blobs():
 
 def load_model_row(row: db.ModelRow):
     """(model, spec) for a stored model, from this process's LRU cache."""
-    from explain.modelio import IntakePolicy, load_model_safely
+    from api.config import intake_policy
+    from explain.modelio import load_model_safely
 
     path = blobs().path(row.blob_key)
     return model_cache().get(row.sha256,
-                             lambda: load_model_safely(path, policy=IntakePolicy.from_env()))
+                             lambda: load_model_safely(path, policy=intake_policy(current_app.config)))
 
 
 def backoff(retries: int) -> float:
@@ -426,7 +428,8 @@ def _load_dataset(dataset_row: db.DatasetRow, config: dict[str, Any] | None) -> 
 
     path = blobs().path(dataset_row.blob_key)
     return load_data_file(path, label=dataset_row.label, sensitive=sensitive_to_load(
-        path, (dataset_row.spec or {}).get("sensitive"), (config or {}).get("sensitive")))
+        path, (dataset_row.spec or {}).get("sensitive"), (config or {}).get("sensitive")),
+        environ=policy_environ(current_app.config))
 
 
 def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,

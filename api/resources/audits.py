@@ -10,6 +10,7 @@ from flask import Response, current_app, url_for
 
 from api import db, limits, services
 from api.auth import auth, current_tenant_id
+from api.config import policy_environ
 from api.errors import abort
 from api.lifecycle import AuditStatus
 from api.resources.datasets import get_dataset_or_404
@@ -32,27 +33,18 @@ def get_audit_or_404(audit_id: str) -> db.Audit:
 
 
 def validate_config(config: dict) -> dict:
-    """Refuse what is certainly wrong before it reaches a worker."""
-    from explain import METHODS
+    """Refuse at the door (422) every config the worker would refuse.
+
+    The same parse as the worker's, the CLI's and ``/schedules``':
+    :meth:`explain.audit.AuditConfig.from_dict`, whose errors are
+    :class:`~explain.errors.ConfigError` (``bad_config``, ``unknown_method``), answered
+    422 by the API's error handler. Only the size bound is the API's own.
+    """
+    from explain.audit import AuditConfig
 
     if len(json.dumps(config)) > MAX_CONFIG_BYTES:
         abort(422, "bad_config", f"config is larger than {MAX_CONFIG_BYTES} bytes")
-    methods = config.get("methods")
-    if methods is not None:
-        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-            abort(422, "bad_config", "config.methods must be a list of method names")
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            abort(422, "unknown_method",
-                  f"unknown method(s) {unknown[:5]}; known methods: {', '.join(METHODS)}")
-    fairness_keys = {k: config[k] for k in ("sensitive", "fairness") if k in config}
-    if fairness_keys:
-        from explain.audit import AuditConfig
-
-        try:
-            AuditConfig.from_dict(fairness_keys)
-        except (TypeError, ValueError) as exc:
-            abort(422, "bad_config", str(exc)[:300])
+    AuditConfig.from_dict(config)
     return config
 
 
@@ -71,7 +63,8 @@ def check_data_fits_model(model_row: db.ModelRow, dataset_row: db.DatasetRow,
         return  # a spec from an older intake: the worker validates instead
     path = services.blobs().path(dataset_row.blob_key)
     data = load_data_file(path, label=dataset_row.label, sensitive=sensitive_to_load(
-        path, (dataset_row.spec or {}).get("sensitive"), config.get("sensitive")))
+        path, (dataset_row.spec or {}).get("sensitive"), config.get("sensitive")),
+        environ=policy_environ(current_app.config))
     validate_for_model(data, spec)
     check_sensitive_data(data, config.get("sensitive"), config.get("thresholds"),
                          config.get("fairness"))

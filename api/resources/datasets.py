@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from apiflask import APIBlueprint
+from flask import current_app
 
 from api import db, services
 from api.auth import auth, current_tenant_id
+from api.config import policy_environ
 from api.errors import abort
 from api.schemas import ArtifactListOut, ArtifactOut, DatasetUploadIn, ListQuery
 from explain.errors import DataError
@@ -59,7 +61,8 @@ def upload_dataset(form_and_files_data):
     sensitive = form_and_files_data.get("sensitive")
     tmp, sha, size, suffix = services.receive_upload(upload)
     try:
-        ds = load_data_file(tmp, label=label, sensitive=sensitive)
+        ds = load_data_file(tmp, label=label, sensitive=sensitive,
+                            environ=policy_environ(current_app.config))
         spec = dataset_spec(ds, suffix)
     except DataError:
         tmp.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from apiflask import APIBlueprint
+from flask import current_app
 
 from api import db, services
 from api.auth import auth, current_tenant_id
@@ -35,13 +36,14 @@ def get_model_or_404(model_id: str) -> db.ModelRow:
                     "nothing behind.",
         responses={201: "stored", 413: "file too large", 422: "refused by the model intake"})
 def upload_model(form_and_files_data):
-    from explain.modelio import IntakePolicy, inspect_model_file
+    from api.config import intake_policy
+    from explain.modelio import inspect_model_file
 
     upload = form_and_files_data["file"]
     name = form_and_files_data["name"]
     tmp, sha, size, suffix = services.receive_upload(upload)
     try:
-        spec = inspect_model_file(tmp, policy=IntakePolicy.from_env())
+        spec = inspect_model_file(tmp, policy=intake_policy(current_app.config))
         spec_dict = spec.to_dict()
     except ModelIntakeError:
         tmp.unlink(missing_ok=True)

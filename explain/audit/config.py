@@ -113,14 +113,16 @@ class AuditConfig:
 
         if self.methods is not None:
             methods = self.methods
-            if isinstance(methods, str) or not isinstance(methods, Sequence):
-                raise ConfigTypeError(f"config methods must be a list of method names, got {methods!r}")
+            if (isinstance(methods, str) or not isinstance(methods, Sequence)
+                    or not all(isinstance(m, str) for m in methods)):
+                raise ConfigTypeError(f"config methods must be a list of method names, got "
+                                      f"{methods!r:.200}")
             if not methods:
                 raise ConfigError("config methods is empty; name at least one method")
             unknown = [m for m in methods if m not in METHODS]
             if unknown:
-                raise ConfigError(f"unknown method(s) {unknown}; known methods: "
-                                 f"{', '.join(METHODS)}")
+                raise ConfigError(f"unknown method(s) {unknown[:5]}; known methods: "
+                                  f"{', '.join(METHODS)}", code="unknown_method")
             if len(set(methods)) != len(methods):
                 raise ConfigError(f"config methods lists a method twice: {list(methods)}")
             object.__setattr__(self, "methods", tuple(str(m) for m in methods))

@@ -106,9 +106,9 @@ def test_npy_header_larger_than_its_data_is_refused(client, auth, tmp_path):
 
 
 @pytest.mark.parametrize("member", ["x", "y"])
-def test_npz_decompression_bomb_is_refused_in_any_member(client, auth, tmp_path,
+def test_npz_decompression_bomb_is_refused_in_any_member(app, client, auth, tmp_path,
                                                          monkeypatch, member):
-    monkeypatch.setenv("XAUDIT_MAX_DATA_BYTES", str(8 * 1024 * 1024))
+    monkeypatch.setitem(app.config, "MAX_DATA_BYTES", 8 * 1024 * 1024)
     path = tmp_path / "bomb.npz"
     arrays = {"x": np.zeros((10, 4), "float32"), "y": np.zeros(10, "int64")}
     arrays[member] = np.zeros((4 * 1024 * 1024,), "float32")  # 16 MiB of zeros
@@ -139,7 +139,7 @@ def test_zero_feature_dataset_is_refused(client, auth, tmp_path):
 # --------------------------------------------------------------------------- work budget
 
 
-def test_over_budget_explain_is_refused_naming_cost_and_limit(client, auth, model_id,
+def test_over_budget_explain_is_refused_naming_cost_and_limit(app, client, auth, model_id,
                                                               monkeypatch):
     body = {"model_id": model_id, "instances": [[0.1, 0.2, 0.3, 0.4]] * 64,
             "method": "integrated_gradients",
@@ -153,21 +153,21 @@ def test_over_budget_explain_is_refused_naming_cost_and_limit(client, auth, mode
     small = {"model_id": model_id, "instances": [[0.1, 0.2, 0.3, 0.4]] * 8,
              "method": "integrated_gradients", "options": {"steps": 64}}
     assert client.post("/api/v1/explain", headers=auth, json=small).status_code == 200
-    monkeypatch.setenv("XAUDIT_EXPLAIN_MAX_FLOPS", "1000")
+    monkeypatch.setitem(app.config, "EXPLAIN_MAX_FLOPS", 1000)
     r = client.post("/api/v1/explain", headers=auth, json=small)
     assert r.status_code == 422 and r.json["error"]["code"] == "over_budget"
     assert "1e+03" in r.json["error"]["message"]
 
 
-def test_over_budget_audit_is_refused_and_a_normal_one_runs(client, auth, model_id,
+def test_over_budget_audit_is_refused_and_a_normal_one_runs(app, client, auth, model_id,
                                                             data_file, monkeypatch):
     ds = upload(client, "datasets", data_file, "rows", auth).json["id"]
-    monkeypatch.setenv("XAUDIT_AUDIT_MAX_FLOPS", "1e6")
+    monkeypatch.setitem(app.config, "AUDIT_MAX_FLOPS", 1e6)
     r = client.post("/api/v1/audits", headers=auth, json={
         "model_id": model_id, "dataset_id": ds, "config": {"samples": 10000,
                                                            "ig_steps": 4096}})
     assert r.status_code == 422 and r.json["error"]["code"] == "over_budget", r.json
-    monkeypatch.delenv("XAUDIT_AUDIT_MAX_FLOPS")
+    monkeypatch.setitem(app.config, "AUDIT_MAX_FLOPS", None)
     r = client.post("/api/v1/audits", headers=auth, json={
         "model_id": model_id, "dataset_id": ds,
         "config": {"samples": 4, "methods": ["integrated_gradients"], "global_rows": 8,

@@ -1,0 +1,57 @@
+"""One configuration: every setting the service reads is declared in api/config.py, and the
+intake policy comes from the app's configuration (so create_app's test config sets it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.api.conftest import bearer, make_app, new_key, upload
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Set by Flask, apiflask or api.config.resolve rather than declared as defaults.
+DERIVED = {"BLOB_DIR", "BROKER_DIR", "TESTING", "HTTP_ERROR_SCHEMA", "VALIDATION_ERROR_SCHEMA",
+           "SECURITY_SCHEMES", "INFO"}
+
+
+def test_every_setting_read_is_declared():
+    from api.config import POLICY_KEYS, defaults
+
+    declared = set(defaults())
+    pattern = re.compile(r"""config(?:\[|\.get\(|\.setdefault\()\s*["']([A-Z][A-Z0-9_]+)["']""")
+    read: dict[str, str] = {}
+    for pkg in ("api", "worker"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            for name in pattern.findall(f.read_text(encoding="utf-8")):
+                read.setdefault(name, str(f.relative_to(ROOT)))
+    missing = {k: v for k, v in read.items() if k not in declared | DERIVED}
+    assert missing == {}
+    assert set(POLICY_KEYS) <= declared
+    assert {"WEBHOOK_ALLOWED_HOSTS", "PUBLIC_URL", "MAX_MODEL_BYTES",
+            "ALLOW_SAVEDMODEL"} <= declared
+
+
+def test_intake_policy_comes_from_the_app_config(tmp_path, mlp_file, monkeypatch):
+    # The process environment says nothing; the test config sets a tiny model size cap.
+    monkeypatch.delenv("XAUDIT_MAX_MODEL_BYTES", raising=False)
+    app = make_app(tmp_path, MAX_MODEL_BYTES=1000)
+    client = app.test_client()
+    headers = bearer(new_key(app, "acme"))
+    r = upload(client, "models", mlp_file, "mlp", headers)
+    assert r.status_code in (413, 422), r.json
+    assert r.json["error"]["code"] == "file_too_large"
+    assert "1,000" in r.json["error"]["message"]
+    app.extensions["xaudit_db"]["engine"].dispose()
+
+
+def test_policy_settings_also_come_from_xaudit_variables(tmp_path, monkeypatch):
+    from api.config import intake_policy, policy_environ
+
+    monkeypatch.setenv("XAUDIT_MAX_MODEL_BYTES", "2048")
+    monkeypatch.setenv("XAUDIT_ALLOW_SAVEDMODEL", "true")
+    app = make_app(tmp_path)
+    env = policy_environ(app.config)
+    assert env["XAUDIT_MAX_MODEL_BYTES"] == "2048"
+    policy = intake_policy(app.config)
+    assert policy.max_file_bytes == 2048 and policy.allow_savedmodel is True
+    app.extensions["xaudit_db"]["engine"].dispose()
