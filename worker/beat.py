@@ -135,7 +135,8 @@ def _start_scheduled(app: Flask, session: Session, sched: db.Schedule) -> str | 
     busy = session.scalars(
         db.scoped(db.Audit, sched.tenant_id)
         .where(db.Audit.schedule_id == sched.id,
-               db.Audit.status.in_((AuditStatus.QUEUED.value, AuditStatus.RUNNING.value))).limit(1)).first()
+               db.Audit.status.in_((AuditStatus.QUEUED.value, AuditStatus.RUNNING.value)))
+        .limit(1)).first()
     if busy is not None:
         # One run at a time per schedule: a run that outlasts the cron period (or a queue
         # that is backed up) must not pile up more runs behind it.
