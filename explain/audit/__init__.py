@@ -66,13 +66,20 @@ findings
     predicted class.
 drift
     Against a previous audit: nDCG of the global importance and per-feature changes.
+fairness
+    When the data names sensitive attributes (``config.sensitive``; never model inputs):
+    :func:`explain.fairness.assess_fairness` on **every** row — per-group metrics with
+    Fairlearn, gaps with bootstrap intervals, attributions by group over the global rows,
+    proxy inputs and the gap with each one permuted; against a previous audit, the gaps'
+    changes. None otherwise.
 
 The package follows those stages: :mod:`~explain.audit.config` (what to compute),
 :mod:`~explain.audit.stages` (progress and timings), :mod:`~explain.audit.prepare` (load,
 evaluate, :mod:`~explain.audit.examples`, method options → :mod:`~explain.audit.plan`),
 :mod:`~explain.audit.attribute` (the chunks), then :mod:`~explain.audit.assess`, which
 builds one :class:`~explain.audit.context.AuditContext` and hands it to
-:mod:`~explain.audit.importance` and :mod:`~explain.audit.quality`.
+:mod:`~explain.audit.importance`, :mod:`~explain.audit.quality` and
+:mod:`~explain.audit.fairness`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ def lending(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("lending_api")
     res = train_reference_model("lending", out=folder / "lending.keras", seed=0, verbose=0)
+    # Its retrained successor: same data, unbiased labels (the gap closes).
+    train_reference_model("lending", out=folder / "lending_fixed.keras", seed=0,
+                          shortcut=False, verbose=0)
     test = res.test
     data = folder / "loans.csv"
     with open(data, "w", newline="") as fh:
@@ -111,3 +114,34 @@ def test_scheduled_audits_track_the_gap(app, client, auth, lending):
     assert all(abs(d["change"]) < 1e-9 for d in drift)
     assert "disparity_drift" not in {f["code"] for f in report["findings"]}
     assert np.isfinite([d["current"] for d in drift]).all()
+
+
+def test_a_schedule_reports_when_the_gap_moves(app, client, auth, lending):
+    from api import db
+    from worker.beat import dispatch_due
+
+    model, _ = lending
+    _ids(client, auth, lending)
+    r = client.post("/api/v1/schedules", headers=auth, json={
+        "cron": "0 * * * *", "model_name": "lender", "dataset_name": "loans",
+        "config": {**FAST, "sensitive": ["group"]}})
+    assert r.status_code == 201, r.json
+    now = db.utcnow()
+    first = dispatch_due(app, now + timedelta(hours=1))
+    # A new version of the model, trained on unbiased labels, is audited at the next run.
+    r = upload(client, "models", model.with_name("lending_fixed.keras"), "lender", auth)
+    assert r.status_code == 201 and r.json["version"] == 2
+    second = dispatch_due(app, now + timedelta(hours=2))
+    before = client.get(f"/api/v1/audits/{first[0]}/report.json", headers=auth).json
+    after = client.get(f"/api/v1/audits/{second[0]}/report.json", headers=auth).json
+    def flagged(report):
+        return {g["metric"] for f in report["findings"] if f["code"] == "group_disparity"
+                for g in f["evidence"]["flagged"]}
+
+    # The approval gap closes (error-rate gaps against the historical labels remain).
+    assert "demographic_parity_difference" in flagged(before)
+    assert "demographic_parity_difference" not in flagged(after)
+    drift = [f for f in after["findings"] if f["code"] == "disparity_drift"]
+    assert len(drift) == 1 and drift[0]["evidence"]["attribute"] == "group"
+    moved = {c["metric"]: c for c in drift[0]["evidence"]["changes"]}
+    assert moved["demographic_parity_difference"]["change"] < -0.1
