@@ -24,6 +24,7 @@ def lending(tmp_path_factory):
     train_reference_model("lending", out=folder / "lending_fixed.keras", seed=0,
                           shortcut=False, verbose=0)
     test = res.test
+    test.to_npz(folder / "loans.npz")
     data = folder / "loans.csv"
     with open(data, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -145,3 +146,18 @@ def test_a_schedule_reports_when_the_gap_moves(app, client, auth, lending):
     assert len(drift) == 1 and drift[0]["evidence"]["attribute"] == "group"
     moved = {c["metric"]: c for c in drift[0]["evidence"]["changes"]}
     assert moved["demographic_parity_difference"]["change"] < -0.1
+
+
+def test_npz_attributes_are_listed_and_picked_by_the_audit(client, auth, lending):
+    model, data = lending
+    assert upload(client, "models", model, "lender", auth).status_code == 201
+    r = upload(client, "datasets", data.with_name("loans.npz"), "loans", auth)
+    assert r.status_code == 201, r.json
+    assert r.json["spec"]["sensitive"] == ["group", "age"]
+    mid = client.get("/api/v1/models", headers=auth).json["items"][0]["id"]
+    r = client.post("/api/v1/audits", headers=auth, json={
+        "model_id": mid, "dataset_id": r.json["id"], "config": {**FAST, "sensitive": ["age"]}})
+    assert r.status_code == 202, r.json
+    report = client.get(f"/api/v1/audits/{r.json['id']}/report.json", headers=auth).json
+    assert [a["name"] for a in report["fairness"]["attributes"]] == ["age"]
+    assert report["fairness"]["attributes"][0]["binned"] is True

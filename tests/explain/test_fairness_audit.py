@@ -205,3 +205,44 @@ def test_a_plan_carries_the_attributes_to_another_process(biased, report):
     chunks = {c: attribute_chunk(plan, *c) for c in plan.chunks()}
     again = assess(plan, chunks).report["fairness"]
     assert again["attributes"] == report["fairness"]["attributes"]
+
+
+@pytest.mark.parametrize("kind", ["regression", "image"])
+def test_regression_and_image_audits_report_group_metrics(kind, tmp_path):
+    from explain.datasets import Dataset
+    from reports import render_html
+    from tests import models
+
+    rng = np.random.default_rng(0)
+    n = 120
+    groups = np.where(rng.random(n) < 0.5, "p", "q")
+    if kind == "regression":
+        model = models.mlp_regressor(n_features=6)
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        y = model.predict(x, verbose=0).reshape(-1) + np.where(groups == "q", 0.5, 0.0)
+        config = {**FAST}
+    else:
+        model = models.small_cnn(size=16, n_classes=3)
+        x = rng.random((n, 16, 16, 3)).astype(np.float32)
+        y = model.predict(x, verbose=0).argmax(axis=1)
+        config = {"methods": ["grad_cam"], "samples": 4}
+    path = tmp_path / "m.keras"
+    model.save(path)
+    ds = Dataset(x=x, y=y, name="rows", kind="image" if kind == "image" else "tabular",
+                 sensitive={"g": groups})
+    result = run_audit(path, ds, config)
+    section = result.report["fairness"]
+    assert section["task"] == ("regression" if kind == "regression" else "multiclass")
+    metrics = {d["metric"] for d in section["attributes"][0]["disparities"]}
+    if kind == "regression":
+        assert metrics == {"mean_error_difference", "mae_difference"}
+        assert section["error_scale"] > 0
+        # Labels shifted by 0.5 for group q: the mean error differs by about 0.5.
+        gap = next(d for d in section["attributes"][0]["disparities"]
+                   if d["metric"] == "mean_error_difference")
+        assert gap["value"] == pytest.approx(0.5, abs=0.05)
+    else:
+        assert metrics == {"accuracy_difference"}
+        assert section["attributes"][0]["proxies"] == []
+    html = render_html(result)
+    assert 'id="fairness"' in html
