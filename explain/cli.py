@@ -61,18 +61,27 @@ def explain_cmd(model_path: str, data_path: str, label: str | None, sensitive: s
     import numpy as np
 
     from explain.attributions import explain as run
-    from explain.datasets import load_data_file, validate_for_model
+    from explain.datasets import load_data_file, tokenize_for_model, validate_for_model
     from explain.modelio import load_model_safely
 
     model, spec = load_model_safely(model_path)
-    data = validate_for_model(load_data_file(data_path, label=label, sensitive=sensitive),
-                              spec)
+    raw = load_data_file(data_path, label=label, sensitive=sensitive)
+    if spec.input_kind == "text":
+        raw = tokenize_for_model(raw, model)  # texts (csv column, npz of strings) → ids
+    data = validate_for_model(raw, spec)
     res = run(model, data.x[:rows], method)
     np.save(out, res.values)
     msg = f"wrote {out} {res.values.shape}"
     if res.completeness_gap is not None:
         msg += f"; max |completeness gap| {float(np.max(np.abs(res.completeness_gap))):.3g}"
     click.echo(msg)
+    if spec.input_kind == "text" and data.vocabulary is not None:
+        # the highest-scoring tokens of each row, so the numbers can be read at a glance
+        ids = np.asarray(data.x[:rows]).astype(int)
+        for r, (row, vals) in enumerate(zip(ids, res.values, strict=True)):
+            top = [j for j in np.argsort(-vals) if row[j] != 0][:3]
+            shown = ", ".join(f"{data.vocabulary[row[j]]} {vals[j]:+.3g}" for j in top)
+            click.echo(f"row {r}: {shown}")
     if sensitive and data.sensitive and data.kind == "tabular" and data.feature_names:
         from explain.fairness import attribution_by_group, group_labels
 

@@ -762,6 +762,12 @@ def _load_csv(p: Path, label: str | None, sensitive: Sequence[str] = ()) -> Data
                             "attribute", code="bad_sensitive")
         sensitive_cols[attr] = names.index(attr)
     skip = set(sensitive_cols.values())
+    features = [j for j in range(width) if j != label_col and j not in skip]
+    texts = None
+    if len(features) == 1 and any(_parse_float(row[features[0]]) is None for row in body):
+        # a single column of words besides the label: the texts of a text model
+        texts = np.array([row[features[0]] for row in body], dtype=str)
+        skip = skip | {features[0]}
 
     columns: list[np.ndarray] = []
     feature_names: list[str] = []
@@ -781,6 +787,8 @@ def _load_csv(p: Path, label: str | None, sensitive: Sequence[str] = ()) -> Data
             values[i] = v
         columns.append(values)
         feature_names.append(col_name)
+    if texts is not None:
+        columns, feature_names = [np.zeros(len(body))], None
     if not columns:
         raise DataError(f"{source} has no feature columns besides the label", code="empty")
     x = np.stack(columns, axis=1)
@@ -800,8 +808,11 @@ def _load_csv(p: Path, label: str | None, sensitive: Sequence[str] = ()) -> Data
                 y = yf
     kept = {attr: np.array([row[j] for row in body], dtype=str)
             for attr, j in sensitive_cols.items()}
-    return _assemble(x, y, feature_names, class_names, "tabular", p.stem, {}, source,
-                     kept or None)
+    ds = _assemble(x, y, feature_names, class_names, "tabular", p.stem, {}, source,
+                   kept or None)
+    if texts is not None:
+        ds = dataclasses.replace(ds, kind="text", texts=texts)
+    return ds
 
 
 def _clip(s: str, n: int = 40) -> str:

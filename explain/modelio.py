@@ -264,7 +264,8 @@ class ModelSpec:
     gradcam_layers, gradcam_default
         Layers with a 4-D spatial output (batch, H, W, C) with H, W > 1, nested ones as
         ``outer/inner``: the names the Grad-CAM ``layer`` option accepts, and the one it
-        uses by default (the last).
+        uses by default (the last). For text and sequence models: the Conv1D / recurrent
+        layers with a time axis (Grad-CAM over time).
     text
         For ``text`` models: ``embedding_layer``, ``vocab_size``, ``padding_id``,
         ``mask_zero``, ``sequence_length``, ``string_input`` and ``vectorizer_layer`` (the
@@ -339,7 +340,8 @@ class ModelSpec:
                 self.gradcam_layers[:3] + ["..."] + self.gradcam_layers[-4:])
             lines.append(f"grad-cam    {', '.join(shown)} (default {self.gradcam_default})")
         else:
-            lines.append("grad-cam    no spatial layer")
+            lines.append("grad-cam    no spatial layer" if self.input_kind not in
+                         ("text", "sequence") else "grad-cam    no layer with a time axis")
         lines.append("layers")
         width = max((len(la.name) + 2 * la.depth for la in self.layers), default=4)
         for la in self.layers:
@@ -1350,6 +1352,13 @@ def _build_spec(model: keras.Model, *, fmt: str, sha256: str, file_size: int,
     text = _text_info(model) if len(inputs) == 1 else None
     kind = "text" if text is not None else _input_kind(input_shape)
     unsupported = _unsupported(model, inputs, heads, kind, text)
+    if kind in ("text", "sequence") and not unsupported:
+        # Grad-CAM over time: the Conv1D / recurrent layers its layer option accepts
+        from explain.attributions.sequences import time_layer_names
+        from explain.attributions.tokens import token_model
+
+        tm = token_model(model) if kind == "text" else None
+        candidates = time_layer_names(model if tm is None else tm.ids_model)
     return ModelSpec(
         format=fmt, sha256=sha256, file_size=int(file_size), model_name=str(getattr(model, "xaudit_display_name", model.name)),
         keras_version=keras_version, inputs=inputs, input_shape=input_shape,
