@@ -62,6 +62,11 @@ GRADIENT_FACTOR = 4.0
 FORWARD_FACTOR = 1.5
 #: What the weights cost in a worker: the loaded values plus Keras's build copies.
 WEIGHT_FACTOR = 3.0
+#: Work counted per model evaluation at least, in FLOPs: a row through a tiny network
+#: costs memory traffic and framework time far above its arithmetic (measured: a 4-16-3
+#: MLP's IG runs at roughly a million rows per second per core, not a billion), so a
+#: request for a billion evaluations of a tiny model is refused like one of a big model.
+ROW_FLOOR_FLOPS = 20_000
 #: Share of the worker memory one batch may use (the rest: the interpreter, TensorFlow,
 #: the data, the model cache).
 BATCH_SHARE = 0.5
@@ -750,7 +755,8 @@ def request_cost(cost: ModelCost, method: str, rows: int,
         method == "shap" and str(options.get("estimator")) in ("gradient", "deep",
                                                                  "expected_gradients"))
     evaluations = int(rows) * int(per_row)
-    flops = float(evaluations) * cost.forward_flops * (3.0 if gradient else 1.0)
+    per_eval = max(cost.forward_flops, ROW_FLOOR_FLOPS)
+    flops = float(evaluations) * per_eval * (3.0 if gradient else 1.0)
     return RequestCost(method=method, evaluations=evaluations, gradient=gradient,
                        flops=flops, extra_bytes=extra)
 
