@@ -109,6 +109,10 @@ class ExplainIn(Schema):
     target = Raw(load_default=None, allow_none=True,
                  metadata={"description": "null (predicted class), an int, or one int per row."})
     options = Dict(keys=String(), load_default=dict)
+    background = List(Raw(), load_default=None, allow_none=True, metadata={
+        "description": "Rows from the model's data, shaped like instances: the background "
+                       "of model-agnostic SHAP. Without it SHAP uses the model's latest "
+                       "audited dataset, and answers 422 no_background when there is none."})
 
 
 class ExplainOut(Schema):

@@ -204,6 +204,11 @@ class FindingInputs:
         int ``(n,)`` for the explained examples (labels may be None).
     class_names
         Names for class indices, for messages.
+    shortcuts
+        Image shortcuts already tested by ablation
+        (:func:`explain.image_shortcuts.find_shortcuts`);
+        when given, the ``shortcut_region`` rule reports these instead of judging the maps
+        by where their mass sits alone.
     attributions
         Method → the raw per-example attributions ``(n, ...)`` (any input kind), for the
         rules that judge the attributions themselves (``explanation_failed``).
@@ -215,6 +220,7 @@ class FindingInputs:
     predictions: np.ndarray | None = None
     class_names: Sequence[str] | None = None
     attributions: Mapping[str, np.ndarray] | None = None
+    shortcuts: Sequence[Mapping[str, Any]] | None = None
 
 
 Rule = Callable[[FindingInputs, FindingThresholds], list[Finding]]
@@ -353,8 +359,47 @@ def _overlaps(a: tuple, b: tuple) -> bool:
     return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
 
 
+def _tested_shortcut_findings(hits: Sequence[Mapping[str, Any]]) -> list[Finding]:
+    per_region: dict[str, list[Mapping[str, Any]]] = {}
+    for hit in hits:
+        per_region.setdefault(hit["region"], []).append(hit)
+    out = []
+    for region, group in per_region.items():
+        best = max(group, key=lambda h: h["ablation_drop"])
+        classes = sorted(str(h["class"]) for h in group)
+        out.append(Finding(
+            code="shortcut_region", severity="critical",
+            message=(
+                f"The model relies on a small region ({region}) for "
+                f"class{'es' if len(classes) > 1 else ''} "
+                f"{', '.join(repr(c) for c in classes)}: it holds {best['mass_share']:.0%} "
+                f"of the attribution mass in {best['area_share']:.0%} of the image, in "
+                f"{best['consistency']:.0%} of the examples, and filling it with its "
+                f"surroundings lowers the class's probability by {best['ablation_drop']:.2f} "
+                f"on average, against {best['random_region_drop']:.2f} for random regions "
+                f"of the same shape and {best['other_classes_drop']:.2f} for the other "
+                f"classes' images. This looks like a shortcut (a watermark, tag or band) "
+                f"rather than the object itself."),
+            evidence={
+                "region": region, "box": best["box"], "shape": best["shape"],
+                "classes": classes, "methods": sorted({m for h in group for m in h["methods"]}),
+                "mass_share": best["mass_share"], "area_share": best["area_share"],
+                "consistency": best["consistency"], "ablation_drop": best["ablation_drop"],
+                "random_region_drop": best["random_region_drop"],
+                "other_classes_drop": best["other_classes_drop"],
+                "flip_rate": best["flip_rate"],
+                "per_class": {str(h["class"]): {k: v for k, v in h.items()
+                                                if k not in ("group", "passed", "class")}
+                              for h in group},
+            },
+        ))
+    return out
+
+
 @rule("shortcut_region")
 def _shortcut_region(inputs: FindingInputs, th: FindingThresholds) -> list[Finding]:
+    if inputs.shortcuts is not None:
+        return _tested_shortcut_findings(inputs.shortcuts)
     if not inputs.image_maps or inputs.predictions is None:
         return []
     per_region: dict[str, dict[str, Any]] = {}
@@ -417,17 +462,28 @@ def _dominant_feature(inputs: FindingInputs, th: FindingThresholds) -> list[Find
     ratio = float(top["score"]) / max(float(runner["score"]), 1e-12)
     if share < th.dominant_feature_share or ratio < th.dominant_feature_min_ratio:
         return []
+    evidence = {"feature": top["feature"], "share": round(share, 4),
+                "ratio_to_runner_up": round(ratio, 4), "method": gi.get("method"),
+                "runner_up": runner["feature"], "top": items[:5]}
+    behaviour = ""
+    perm = gi.get("permutation") or {}
+    drop = next((p for p in perm.get("items") or [] if p["feature"] == top["feature"]), None)
+    if drop is not None:
+        metric = "R²" if perm.get("metric") == "r2" else "accuracy"
+        evidence.update({"permutation_metric": perm.get("metric"),
+                         "permutation_baseline": perm.get("baseline"),
+                         "permutation_drop": round(float(drop["drop"]), 4)})
+        behaviour = (f" Shuffling it drops the model's {metric} by {float(drop['drop']):.2f} "
+                     f"(from {float(perm['baseline']):.2f}).")
     return [Finding(
         code="dominant_feature",
         severity="critical" if share >= 0.5 or ratio >= 4.0 else "warning",
         message=(
             f"One feature, {top['feature']!r}, carries {share:.0%} of the model's global "
-            f"importance ({ratio:.1f}× the next, {runner['feature']!r}). Check that it is "
-            f"not a leak of the label or a proxy the model should not use."
+            f"importance ({ratio:.1f}× the next, {runner['feature']!r}).{behaviour} Check "
+            f"that it is not a leak of the label or a proxy the model should not use."
         ),
-        evidence={"feature": top["feature"], "share": round(share, 4),
-                  "ratio_to_runner_up": round(ratio, 4), "method": gi.get("method"),
-                  "runner_up": runner["feature"], "top": items[:5]},
+        evidence=evidence,
     )]
 
 

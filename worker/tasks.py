@@ -124,6 +124,36 @@ def sized_audit_config(spec: dict[str, Any] | None, config: dict[str, Any]) -> d
     return config
 
 
+#: Background rows drawn from a dataset for model-agnostic SHAP in /explain (tables).
+BACKGROUND_ROWS = 50
+
+
+def dataset_background(session, tenant_id: str, dataset_id: str, spec) -> np.ndarray:
+    """SHAP's background from one of the tenant's datasets, fitted to the model.
+
+    Tables: ``BACKGROUND_ROWS`` rows drawn with a fixed seed. Images: one image of the
+    dataset's mean colour per channel, SHAP's usual image background (a removed region
+    is greyed out to the data's mean colour), here from the data rather than the rows
+    being explained.
+    """
+    from explain.datasets import load_data_file, validate_for_model
+    from explain.errors import DataError
+
+    row = db.get_owned(db.DatasetRow, dataset_id, tenant_id)
+    if row is None:
+        raise DataError("the dataset for SHAP's background no longer exists; send "
+                          "'background' rows with the request", code="no_background")
+    data = validate_for_model(load_data_file(blobs().path(row.blob_key), label=row.label),
+                              spec)
+    x = np.asarray(data.x, dtype=np.float32)
+    if x.ndim == 4:
+        return np.broadcast_to(x.mean(axis=(0, 1, 2), keepdims=True),
+                               (1, *x.shape[1:])).astype(np.float32)
+    rng = np.random.default_rng(0)
+    take = np.sort(rng.choice(len(x), min(BACKGROUND_ROWS, len(x)), replace=False))
+    return x[take]
+
+
 def _explain_job(job_id: str) -> dict[str, Any]:
     from api import explain_jobs as claims
     from explain.attributions import ModelFunction, explain
@@ -153,6 +183,11 @@ def _explain_job(job_id: str) -> dict[str, Any]:
             texts = bool(instances) and isinstance(instances[0], str)
             x = (np.asarray(instances, dtype=str) if texts
                  else np.asarray(instances, dtype=np.float32))
+            if not texts and req.get("background") is not None:
+                options["background"] = np.asarray(req["background"], dtype=np.float32)
+            elif not texts and req.get("background_dataset_id"):
+                options["background"] = dataset_background(
+                    session, job.tenant_id, req["background_dataset_id"], spec)
             target = req.get("target")
             if isinstance(target, list):
                 target = np.asarray(target, dtype=np.int64)

@@ -54,12 +54,13 @@ def _validate_texts(instances: list, spec: dict[str, Any]) -> np.ndarray:
     return np.array(instances, dtype=str)
 
 
-def validate_instances(instances: list, spec: dict[str, Any]) -> np.ndarray:
+def validate_instances(instances: list, spec: dict[str, Any], *, max_rows: int | None = None,
+                       what: str = "instances") -> np.ndarray:
     cfg = current_app.config
-    max_rows = int(cfg["EXPLAIN_MAX_INSTANCES"])
+    max_rows = int(cfg["EXPLAIN_MAX_INSTANCES"]) if max_rows is None else max_rows
     if len(instances) > max_rows:
-        abort(422, "too_many_instances",
-              f"{len(instances)} instances; at most {max_rows} per request")
+        abort(422, f"too_many_{what}" if what == "instances" else "bad_background",
+              f"{len(instances)} {what}; at most {max_rows} per request")
     text = spec.get("text") if spec.get("input_kind") == "text" else None
     if text and any(isinstance(v, str) for v in instances):
         return _validate_texts(instances, spec)
@@ -69,14 +70,14 @@ def validate_instances(instances: list, spec: dict[str, Any]) -> np.ndarray:
     except (ValueError, TypeError, OverflowError) as exc:
         text = str(exc)
         if "inhomogeneous" in text or "sequence" in text:
-            abort(422, "bad_shape", "instances are ragged: every row must have the same shape")
-        abort(422, "non_numeric", "instances must hold numbers only")
+            abort(422, "bad_shape", f"{what} are ragged: every row must have the same shape")
+        abort(422, "non_numeric", f"{what} must hold numbers only")
     if arr.size > int(cfg["EXPLAIN_MAX_VALUES"]):
         abort(422, "too_many_values",
               f"{arr.size} values; at most {cfg['EXPLAIN_MAX_VALUES']} per request")
     if not np.all(np.isfinite(arr)):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-        abort(422, "non_finite", f"instances contain NaN or Inf (first at index {bad})")
+        abort(422, "non_finite", f"{what} contain NaN or Inf (first at index {bad})")
     want = spec.get("input_shape")
     if text and text.get("sequence_length"):
         # a text model is explained from token ids (N, T), also when it reads strings
@@ -93,7 +94,7 @@ def validate_instances(instances: list, spec: dict[str, Any]) -> np.ndarray:
         if arr.ndim != len(want) + 1 or any(
                 w is not None and g != w for g, w in zip(got, want, strict=False)):
             abort(422, "bad_shape",
-                  f"instances must have shape {_fmt(want)} for this model; got "
+                  f"{what} must have shape {_fmt(want)} for this model; got "
                   f"{tuple(arr.shape)}")
     return arr
 
@@ -136,6 +137,45 @@ def validate_method_and_options(method: str, options: dict[str, Any], target: An
                   f"target {t} is out of range for an output of width {width}")
 
 
+#: Most background rows a caller may send with one request.
+MAX_BACKGROUND_ROWS = 256
+
+
+def background_source(model_row: db.ModelRow, method: str, options: dict[str, Any],
+                      background: list | None, spec: dict[str, Any]) -> dict[str, Any]:
+    """Where model-agnostic SHAP takes its background from, as stored on the job.
+
+    SHAP values are measured against a background from the model's data. Drawn from the
+    submitted rows (the engine's default when it has nothing else), one row yields all
+    zeros, and a few rows yield values about the wrong reference. So, in this order: the
+    rows the caller sends (``background``), or the model's latest audited dataset; with
+    neither, the request is refused (422 ``no_background``) rather than answered wrong.
+    """
+    if method != "shap" or spec.get("input_kind") == "text":
+        return {}
+    in_options = options.pop("background", None)
+    if in_options is not None:
+        if not isinstance(in_options, list):
+            abort(422, "bad_options",
+                  "options.background must be rows from the model's data (a list shaped "
+                  "like instances); a number would sample the submitted instances")
+        background = in_options if background is None else background
+    if background is not None:
+        rows = validate_instances(background, spec, max_rows=MAX_BACKGROUND_ROWS,
+                                  what="background rows")
+        return {"background": rows.tolist()}
+    audit = db.session().scalars(
+        db.scoped(db.Audit, model_row.tenant_id)
+        .where(db.Audit.model_id == model_row.id, db.Audit.status == "succeeded")
+        .order_by(db.Audit.created_at.desc())).first()
+    if audit is not None:
+        return {"background_dataset_id": audit.dataset_id}
+    abort(422, "no_background",
+          "model-agnostic SHAP needs background rows from the model's data: send "
+          "'background' (rows shaped like instances, e.g. 50 training rows), or audit this "
+          "model on a dataset first (its latest audited dataset is then used)")
+
+
 def job_json(job: db.ExplainJob) -> dict[str, Any]:
     body: dict[str, Any] = {
         "job_id": job.id,
@@ -167,6 +207,9 @@ def explain(json_data):
     method = json_data["method"]
     options = json_data["options"]
     target = json_data["target"]
+    options = dict(options)
+    source = background_source(model_row, method, options, json_data.get("background"),
+                               spec)
     validate_method_and_options(method, options, target, len(arr), spec)
     limits.check_explain_budget(spec, method, len(arr), options)
 
@@ -174,7 +217,7 @@ def explain(json_data):
     limits.check_tenant_queue(session, current_tenant_id(), "explain")
     job = db.ExplainJob(tenant_id=current_tenant_id(), model_id=model_row.id, status="queued",
                         request={"instances": arr.tolist(), "method": method,
-                                 "target": target, "options": options})
+                                 "target": target, "options": options, **source})
     session.add(job)
     session.commit()
     celery = current_app.extensions["celery"]

@@ -94,6 +94,12 @@ def assess_in(stages: Stages, plan: AuditPlan,
     # ---- global importance
     stages.start("global_importance")
     importance, class_maps, maps = global_importance(ctx)
+    if kind == "tabular" and len(importance.get("items") or []) > 1:
+        from explain.audit.permutation import permutation_drops
+
+        drops = permutation_drops(ctx, importance["items"])
+        if drops is not None:
+            importance["permutation"] = drops
 
     # ---- explanation quality
     stages.start("quality")
@@ -156,12 +162,16 @@ def assess_in(stages: Stages, plan: AuditPlan,
     stages.start("findings")
     image_maps = ({m: image_map(a.values) for m, a in attributions.items()}
                   if kind == "image" else None)
+    shortcuts = None
+    if kind == "image" and not regression:
+        shortcuts = _image_shortcuts(ctx, image_maps)
     findings = run_rules(FindingInputs(
         report=report, image_maps=image_maps,
         labels=None if regression else np.asarray(labels),
         predictions=None if regression else np.asarray(preds),
         class_names=None if regression else class_names,
-        attributions={m: a.values for m, a in attributions.items()}), thresholds)
+        attributions={m: a.values for m, a in attributions.items()},
+        shortcuts=shortcuts), thresholds)
     report["findings"] = findings
     report["verdict"] = _verdict(findings)
 
@@ -176,6 +186,25 @@ def assess_in(stages: Stages, plan: AuditPlan,
     report = validate_report(report)
     return AuditResult(report=report, arrays=arrays)
 
+
+
+def _image_shortcuts(ctx: AuditContext, image_maps: Mapping[str, np.ndarray]
+                     ) -> list[dict[str, Any]]:
+    """Shortcut regions tested by ablation on the audit's rows (see explain.image_shortcuts)."""
+    from explain.evaluation import predict_proba
+    from explain.image_shortcuts import ShortcutSettings, find_shortcuts
+
+    batch = ctx.config.batch_size
+
+    def proba(images: np.ndarray) -> np.ndarray:
+        raw = np.asarray(predict_proba(ctx.model, images, batch_size=batch), np.float64)
+        raw = raw.reshape(len(raw), -1)
+        return np.concatenate([1.0 - raw, raw], axis=1) if raw.shape[1] == 1 else raw
+
+    found, _tested = find_shortcuts(image_maps, np.asarray(ctx.preds), ctx.x,
+                                    np.asarray(ctx.pred_all), proba,
+                                    ShortcutSettings(seed=ctx.config.seed), ctx.class_names)
+    return found
 
 
 def _versions(seed: int) -> dict[str, Any]:
