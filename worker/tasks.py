@@ -142,7 +142,7 @@ def dataset_background(session, tenant_id: str, dataset_id: str, spec) -> np.nda
     row = db.get_owned(db.DatasetRow, dataset_id, tenant_id)
     if row is None:
         raise DataError("the dataset for SHAP's background no longer exists; send "
-                          "'background' rows with the request", code="no_background")
+                        "'background' rows with the request", code="no_background")
     data = validate_for_model(load_data_file(blobs().path(row.blob_key), label=row.label),
                               spec)
     x = np.asarray(data.x, dtype=np.float32)
