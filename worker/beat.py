@@ -143,6 +143,16 @@ def _start_scheduled(app: Flask, session: Session, sched: db.Schedule) -> str | 
         log.info("schedule %s: its previous run %s is still %s; this run is skipped",
                  sched.id, busy.id, busy.status)
         return None
+    waiting = session.scalar(
+        select(func.count()).select_from(db.Audit).where(
+            db.Audit.tenant_id == sched.tenant_id,
+            db.Audit.status.in_((AuditStatus.QUEUED.value, AuditStatus.RUNNING.value))))
+    cap = int(app.config.get("MAX_QUEUED_AUDITS", 10))
+    if waiting >= cap:
+        # The tenant's queue cap (429 for POST /audits) holds for its schedules too.
+        log.info("schedule %s: its tenant has %d audits waiting (cap %d); run skipped",
+                 sched.id, waiting, cap)
+        return None
     previous = previous_successful_audit(session, sched)
     audit = services.create_audit(session, sched.tenant_id, model_row, dataset_row,
                                   dict(sched.config or {}),

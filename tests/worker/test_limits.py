@@ -262,3 +262,22 @@ def test_audit_batches_are_sized_from_the_models_cost(monkeypatch):
     assert 1 <= sized["batch_size"] <= 16 and sized["samples"] == 2
     assert sized_audit_config({"cost": cost}, {"batch_size": 2}) == {"batch_size": 2}
     assert sized_audit_config({}, {"samples": 2}) == {"samples": 2}
+
+
+def test_schedules_respect_the_tenants_queue_cap(tmp_path, mlp_file, data_file):  # noqa: F811
+    from api import db
+    from worker.beat import dispatch_due
+
+    app = make_app(tmp_path, CELERY_TASK_ALWAYS_EAGER=False, MAX_QUEUED_AUDITS=2)
+    client = app.test_client()
+    headers = bearer(new_key(app, "acme"))
+    upload(client, "models", mlp_file, "mlp", headers)
+    upload(client, "datasets", data_file, "rows", headers)
+    for _ in range(4):
+        assert client.post("/api/v1/schedules", headers=headers, json={
+            "cron": "* * * * *", "model_name": "mlp",
+            "dataset_name": "rows"}).status_code == 201
+    with app.app_context():
+        started = dispatch_due(app, now=db.utcnow() + timedelta(minutes=2))
+    assert len(started) == 2  # four schedules due, the tenant may have two waiting
+    app.extensions["xaudit_db"]["engine"].dispose()
