@@ -8,12 +8,18 @@ line with their code and exit with status 2; nothing prints a traceback for bad 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 
 import click
 
 from explain.errors import XauditError
+
+# TensorFlow's and absl's Python loggers repeat what xaudit already says (or say nothing
+# a user can act on); their C++ start-up lines are silenced in explain._backend.
+for _name in ("tensorflow", "absl", "h5py"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 def friendly_errors(fn):

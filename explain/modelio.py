@@ -45,7 +45,7 @@ from typing import Any
 
 import h5py
 
-from explain._backend import keras, tf
+from explain._lazytf import keras, tf
 from explain.errors import ModelIntakeError
 
 __all__ = [
@@ -760,15 +760,24 @@ _KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 _MAX_DEPTH = 400
 
 
-# Captured once at import: the checks must not depend on names that can be rebound later.
-_SAFE_BASES: tuple[type, ...] = (
-    keras.layers.Layer, keras.Operation, keras.initializers.Initializer,
-    keras.regularizers.Regularizer, keras.constraints.Constraint, keras.optimizers.Optimizer,
-    keras.optimizers.schedules.LearningRateSchedule, keras.losses.Loss, keras.metrics.Metric,
-    keras.DTypePolicy)
-_CODE_LAYER_CLASSES: tuple[type, ...] = tuple(
-    getattr(keras.layers, n) for n in sorted(_CODE_LAYERS) if hasattr(keras.layers, n))
-_TFSM_LAYER: type = keras.layers.TFSMLayer
+_CLASSES: dict[str, Any] = {}
+
+
+def _classes(which: str) -> Any:
+    """``safe_bases``, ``code_layers`` or ``tfsm_layer``: Keras classes the checks compare
+    against. Captured once, on the first check, before any model file is deserialised
+    (Keras is imported only when a check needs it): the checks must not depend on names
+    that can be rebound later."""
+    if not _CLASSES:
+        _CLASSES["safe_bases"] = (
+            keras.layers.Layer, keras.Operation, keras.initializers.Initializer,
+            keras.regularizers.Regularizer, keras.constraints.Constraint,
+            keras.optimizers.Optimizer, keras.optimizers.schedules.LearningRateSchedule,
+            keras.losses.Loss, keras.metrics.Metric, keras.DTypePolicy)
+        _CLASSES["code_layers"] = tuple(
+            getattr(keras.layers, n) for n in sorted(_CODE_LAYERS) if hasattr(keras.layers, n))
+        _CLASSES["tfsm_layer"] = keras.layers.TFSMLayer
+    return _CLASSES[which]
 
 
 _BUILTIN_NAMES: frozenset[str] | None = None
@@ -785,7 +794,7 @@ def _builtin_class_names() -> frozenset[str]:
                     keras.dtype_policies):
             for attr in dir(mod):
                 obj = getattr(mod, attr, None)
-                if (isinstance(obj, type) and issubclass(obj, _SAFE_BASES)
+                if (isinstance(obj, type) and issubclass(obj, _classes("safe_bases"))
                         and obj.__module__.startswith("keras.")):
                     names.add(attr)
         _BUILTIN_NAMES = frozenset(names - _CODE_LAYERS)
@@ -916,7 +925,7 @@ class _ConfigAudit:
         module = node.get("module")
         if not hit and isinstance(module, str) and isinstance(class_name, str):
             resolved = _resolve_keras(module, class_name)
-            if isinstance(resolved, type) and issubclass(resolved, _CODE_LAYER_CLASSES):
+            if isinstance(resolved, type) and issubclass(resolved, _classes("code_layers")):
                 hit = {class_name}
         if hit:
             raise ModelIntakeError(
@@ -997,7 +1006,7 @@ class _ConfigAudit:
                 f"the config calls {api_name} at {path}, which is not a modeling API",
                 code="unsafe_config")
         resolved = _resolve_keras(module, class_name)
-        if not (isinstance(resolved, type) and issubclass(resolved, _SAFE_BASES)
+        if not (isinstance(resolved, type) and issubclass(resolved, _classes("safe_bases"))
                 and resolved.__module__.startswith("keras.")):
             raise self._custom(path, node)
         # Keras looks `registered_name` up among registered custom objects before the
@@ -1331,7 +1340,7 @@ def _build_spec(model: keras.Model, *, fmt: str, sha256: str, file_size: int,
                                 dtype=str(getattr(t, "dtype", "float32"))))
     output_names = list(getattr(model, "output_names", None) or [])
     heads = []
-    is_tfsm = any(isinstance(la, _TFSM_LAYER) for la in model.layers)
+    is_tfsm = any(isinstance(la, _classes("tfsm_layer")) for la in model.layers)
     for i, t in enumerate(model.outputs):
         shape = (_shape(t) or [])[1:]
         width = shape[-1] if shape else 1
