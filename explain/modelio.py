@@ -765,9 +765,10 @@ _CLASSES: dict[str, Any] = {}
 
 def _classes(which: str) -> Any:
     """``safe_bases``, ``code_layers`` or ``tfsm_layer``: Keras classes the checks compare
-    against. Captured once, on the first check, before any model file is deserialised
-    (Keras is imported only when a check needs it): the checks must not depend on names
-    that can be rebound later."""
+    against. Captured once, the checks must not depend on names that can be rebound
+    later: at import when Keras is already loaded, else on the first check that needs
+    them, before any model file is deserialised (so a command that refuses a file from
+    its bytes never imports TensorFlow)."""
     if not _CLASSES:
         _CLASSES["safe_bases"] = (
             keras.layers.Layer, keras.Operation, keras.initializers.Initializer,
@@ -778,6 +779,10 @@ def _classes(which: str) -> Any:
             getattr(keras.layers, n) for n in sorted(_CODE_LAYERS) if hasattr(keras.layers, n))
         _CLASSES["tfsm_layer"] = keras.layers.TFSMLayer
     return _CLASSES[which]
+
+
+if "keras" in sys.modules:
+    _classes("safe_bases")
 
 
 _BUILTIN_NAMES: frozenset[str] | None = None
