@@ -726,7 +726,7 @@ def main() -> None:
         "large_cnn": (large, images(max(cfg.cam_rows["large_cnn"][0],
                                         cfg.ig_rows["large_cnn"][0]), cfg.large_size, 1)),
     }
-    notes = [
+    notes = [] if not needs_models else [
         f"mlp: breast-cancer first 16 features, standardised, Dense 32-16-2 tanh/softmax, "
         f"trained 30 epochs (test accuracy {acc:.3f})",
         f"small_cnn: 3 conv layers + softmax over 10 classes on {cfg.small_size}x"
@@ -734,6 +734,8 @@ def main() -> None:
         f"large_cnn: keras.applications.MobileNetV2(weights=None, alpha={cfg.large_alpha}) on "
         f"{cfg.large_size}x{cfg.large_size}x3, functional, random weights, random images",
     ]
+    if {"tokig", "tokshap"} & set(only):
+        notes.append("text models: random weights, random token ids (see sections 6 and 7)")
     sections = dict.fromkeys(all_sections)
     for key, fn in [("ig", lambda: bench_ig(models, cfg)),
                     ("cam", lambda: bench_cam(models, cfg)),
