@@ -125,6 +125,12 @@ class Serve:
         st = _status(self.api_pid())
         return st.get("VmRSS", 0) / 2**20, st.get("VmHWM", 0) / 2**20
 
+    def worker_peak(self) -> float:
+        """The largest peak RSS of the embedded celery workers alive now (MiB)."""
+        peaks = [_status(c).get("VmHWM", 0) for c in _children(self.proc.pid)
+                 if "celery" in _cmdline(c)]
+        return max(peaks, default=0) / 2**20
+
     def stop(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -188,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = run(serve, work)
         finally:
             serve.stop()
-    table = ["| case | answer | seconds | API RSS / peak (MiB) |",
-             "|---|---|---:|---:|"]
-    table += [f"| {c} | {a} | {s} | {m} |" for c, a, s, m in rows]
+    table = ["| case | answer | seconds | API RSS / peak (MiB) | worker peak (MiB) |",
+             "|---|---|---:|---:|---:|"]
+    table += [f"| {c} | {a} | {s} | {m} | {w} |" for c, a, s, m, w in rows]
     text = "\n".join(table)
     print(text)
     if args.markdown:
@@ -212,7 +218,8 @@ def run(serve: Serve, work: Path) -> list[list[str]]:
         except Exception as exc:  # the case itself failed: record it, keep going
             r, answer = None, f"error {type(exc).__name__}"
         rss, peak = serve.memory()
-        rows.append([case, answer, f"{time.monotonic() - t0:.1f}", f"{rss:.0f} / {peak:.0f}"])
+        rows.append([case, answer, f"{time.monotonic() - t0:.1f}", f"{rss:.0f} / {peak:.0f}",
+                     f"{serve.worker_peak():.0f}"])
         print(rows[-1], flush=True)
         return r
 
