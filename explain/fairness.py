@@ -382,7 +382,9 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *,
     Returns
     -------
     dict
-        ``per_group``: list of ``{group, count, small, <metric>: value}``;
+        ``per_group``: list of ``{group, count, small, <metric>: value, interval_metric,
+        interval}`` (``interval``: the percentile interval of the group's selection rate,
+        or accuracy / MAE when there is no favourable class);
         ``disparities``: list of ``{metric, kind, value, interval, groups, description}``
         over the groups with at least ``min_group`` rows (``groups`` is the pair the
         point value comes from: highest and lowest); ``positive_class``.
@@ -404,7 +406,8 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *,
     )
     from sklearn.metrics import accuracy_score, mean_absolute_error, precision_score
 
-    y_true, y_pred, groups = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    groups = np.asarray(groups).astype(str)  # labels are text in the report
     regression = task == "regression"
     pos = None
     if not regression:
@@ -449,6 +452,19 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *,
             v = float(by_group.loc[g, m])
             row[m] = None if not np.isfinite(v) else v
         per_group.append(row)
+
+    # Every group's headline rate with its own percentile interval (its own stream, so the
+    # gaps' intervals below do not depend on it): a small group shows how wide it is.
+    headline = "mae" if regression else "selection_rate" if pos is not None else "accuracy"
+    spread = _bootstrap(y_true, y_pred, groups, [r["group"] for r in per_group], pos,
+                        regression, n_boot, seed + 7919)
+    half = (1.0 - level) / 2
+    for j, row in enumerate(per_group):
+        reps = spread[headline][:, j]
+        reps = reps[np.isfinite(reps)]
+        row["interval_metric"] = headline
+        row["interval"] = ([float(np.quantile(reps, half)), float(np.quantile(reps, 1 - half))]
+                           if len(reps) else None)
 
     eligible = [r["group"] for r in per_group if not r["small"]]
     table = (REGRESSION_DISPARITIES if regression

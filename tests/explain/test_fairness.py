@@ -100,6 +100,10 @@ def test_small_groups_are_reported_but_never_judged():
     out = group_metrics(y, pred, groups, task="binary", min_group=30, n_boot=50)
     tiny = next(r for r in out["per_group"] if r["group"] == "tiny")
     assert tiny["small"] is True and tiny["count"] == 10 and tiny["selection_rate"] == 0.0
+    # Every group carries its own interval: the tiny group's is far wider.
+    big = next(r for r in out["per_group"] if r["group"] == "a")
+    assert tiny["interval_metric"] == "selection_rate" and tiny["interval"] == [0.0, 0.0]
+    assert big["interval"][0] < big["selection_rate"] < big["interval"][1]
     assert "tiny" not in out["eligible_groups"]
     for d in out["disparities"]:
         assert "tiny" not in d["groups"]
@@ -362,3 +366,16 @@ def test_bootstrap_in_blocks_matches_one_block(monkeypatch):
     for a, b in zip(one["disparities"], blocks["disparities"], strict=True):
         assert a["interval"][1] - a["interval"][0] == pytest.approx(
             b["interval"][1] - b["interval"][0], abs=0.08)
+
+
+def test_each_group_has_an_interval_wider_for_small_groups():
+    y, pred, groups, _ = _data(n=900)
+    groups = groups.astype("<U8")
+    groups[:12] = "few"
+    pred = pred.copy()
+    pred[:12] = np.arange(12) % 2  # half approved
+    out = group_metrics(y, pred, groups, task="binary", min_group=30, n_boot=200)
+    by = {r["group"]: r for r in out["per_group"]}
+    width = {g: r["interval"][1] - r["interval"][0] for g, r in by.items()}
+    assert width["few"] > 0.3 and width["a"] < 0.15
+    assert by["few"]["interval"][0] <= 0.5 <= by["few"]["interval"][1]
