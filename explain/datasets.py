@@ -886,6 +886,8 @@ def validate_for_model(dataset: Dataset, spec: Any) -> Dataset:
         ``non_finite`` (first offending row and feature named) or ``bad_labels``
         (first offending row named).
     """
+    if dataset.texts is not None:
+        return _validate_texts_for_model(dataset, spec)
     x = np.asarray(dataset.x)
     if not _is_real_numeric(x):  # a Dataset whose x was replaced after construction
         raise DataError(f"inputs must be real numbers, got dtype {x.dtype}",
@@ -945,6 +947,26 @@ def _label_hint(dataset: Dataset, got: Sequence[int], want: Sequence[int | None]
     return (f": one column more than the model takes. If the file still holds the label "
             f"column, name it: --label {column} on the command line, or the dataset's "
             f"label field ({column}) when you upload it through the API or the web page")
+
+
+def _validate_texts_for_model(dataset: Dataset, spec: Any) -> Dataset:
+    """Raw texts against a model: it must be a text model that can read them (its own
+    ``TextVectorization``, or the data's vocabulary); they are tokenized with the model
+    (:func:`tokenize_for_model`), so only the labels are checked here."""
+    kind = getattr(spec, "input_kind", None)
+    if kind is not None and kind != "text":
+        raise DataError(f"the data holds texts but the model's input is {kind}",
+                        code="bad_data")
+    text = getattr(spec, "text", None) or {}
+    if kind == "text" and not text.get("string_input") and dataset.vocabulary is None:
+        raise DataError("the data holds texts but the model takes token ids: add the "
+                        "vocabulary (npz key 'vocabulary', index = token id)",
+                        code="bad_data")
+    y = dataset.y
+    task = getattr(spec, "task", None)
+    if y is not None and task is not None:
+        y = _validate_labels(np.asarray(y), task, _spec_output_width(spec), dataset.n)
+    return dataclasses.replace(dataset, y=y, kind="text")
 
 
 def _dims_match(got: Sequence[int], want: Sequence[int | None]) -> bool:
