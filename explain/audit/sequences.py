@@ -38,6 +38,11 @@ def _predict_classes(model: Any, batch_size: int):
     return predict
 
 
+def _single_unit(model: Any) -> bool:
+    out = getattr(model, "outputs", None) or []
+    return bool(out) and int(np.prod([d for d in tuple(out[0].shape)[1:] if d])) == 1
+
+
 def sequence_sections(ctx: AuditContext, plan: AuditPlan) -> dict[str, Any]:
     """``{"text": ...}`` for a text audit, ``{"sequence": ...}`` for a sequence audit."""
     from explain.attributions.registry import explain as attribute_full
@@ -57,6 +62,12 @@ def sequence_sections(ctx: AuditContext, plan: AuditPlan) -> dict[str, Any]:
     targets = np.asarray(a.targets)
     predict = _predict_classes(ctx.model, ctx.config.batch_size)
     all_preds = np.asarray(ctx.pred_all).astype(np.int64)
+    if ctx.proba is not None and np.all(targets == 0) and _single_unit(ctx.model):
+        # one sigmoid unit: the attributions explain the positive class; towards a
+        # predicted negative they count with the opposite sign
+        targets = all_preds[rows]
+        sign = np.where(targets == 1, 1.0, -1.0).reshape((-1,) + (1,) * (values.ndim - 1))
+        values = values * sign
     if ctx.kind == "text":
         vocab = plan.arrays.get("vocabulary")
         vocab = None if vocab is None else [str(t) for t in vocab.tolist()]

@@ -108,3 +108,26 @@ def test_reports_render_tokens_escaped_and_sequence_figures(trained, tmp_path):
     seq = trained["sequence_spike", "conv1d", True]
     html = render_html(run_audit(seq.model_path, seq.test_path, FAST))
     assert 'id="sequence"' in html and "Importance over time" in html
+
+
+def test_single_sigmoid_text_model_judges_both_classes(tmp_path):
+    from explain._backend import keras
+    from explain.datasets import load_bundled
+
+    ds = load_bundled("text_leaky", n=800)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((24,), dtype="int32"),
+                              keras.layers.Embedding(63, 16, mask_zero=True),
+                              keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    model.fit(ds.x.astype(int), ds.y, epochs=25, verbose=0)
+    model.save(tmp_path / "sig.keras")
+    ds.to_npz(tmp_path / "sig.npz")
+    report = run_audit(tmp_path / "sig.keras", tmp_path / "sig.npz", FAST).report
+    assert [(f["evidence"]["token"], f["evidence"]["class"]) for f in report["findings"]
+            if f["code"] == "shortcut_token"] == [("src_wire", "positive")]
+    negative = report["text"]["classes"][0]
+    assert negative["class"] == 0 and negative["top_tokens"][0]["token"] in (
+        "bad", "awful", "poor", "terrible", "boring", "dull", "weak", "horrible",
+        "annoying", "mediocre")
