@@ -291,11 +291,16 @@ def _classification(proba: np.ndarray, y: np.ndarray, task: str,
 
     prec, rec, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
+    # A class with no rows in the data has no recall (or F1) to speak of: it is shown as
+    # absent and left out of the macro means, never as a 0.000 that drags them down.
     macro = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        y_true, y_pred, labels=sorted(present), average="macro", zero_division=0)
+    predicted = np.bincount(y_pred, minlength=k)
     per_class = [
         {"class": names[i], "precision": prec[i], "recall": rec[i], "f1": f1[i],
-         "support": int(support[i])}
+         "support": int(support[i])} if support[i] > 0 else
+        {"class": names[i], "precision": prec[i] if predicted[i] else None, "recall": None,
+         "f1": None, "support": 0, "absent": True}
         for i in range(k)
     ]
 

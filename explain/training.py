@@ -421,6 +421,8 @@ def train_reference_model(
     sidecar = _sidecar(dataset_name, dataset, train, val, test, task, seed, epochs,
                        epochs_run, best_epoch, seconds, val_metrics, test_metrics,
                        model, test_path)
+    # The per-epoch curves, for the report's learning-curve plot.
+    sidecar["training"]["history"] = history
     sidecar_path = out.with_name(out.name + ".json")
     sidecar_path.write_text(json.dumps(sidecar, indent=2, sort_keys=False))
     return TrainResult(

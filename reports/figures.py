@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -108,10 +109,29 @@ def _figure(width: float, height: float) -> Iterator[Figure]:
         yield fig
 
 
+def clipped_texts(fig: Figure) -> list[str]:
+    """Texts (labels, ticks, titles, legends) that reach outside the figure's canvas."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    bounds = fig.bbox
+    out = []
+    for text in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent")):
+        if not text.get_visible() or not str(text.get_text()).strip():
+            continue
+        box = text.get_window_extent(renderer)
+        if (box.x0 < bounds.x0 - 0.5 or box.y0 < bounds.y0 - 0.5
+                or box.x1 > bounds.x1 + 0.5 or box.y1 > bounds.y1 + 0.5):
+            out.append(str(text.get_text()))
+    return out
+
+
 def _data_uri(fig: Figure) -> str:
     raw = io.BytesIO()
-    # Constrained layout already fits labels inside the canvas; "tight" would draw twice.
-    fig.savefig(raw, format="png", dpi=DPI)
+    # Constrained layout fits labels inside the canvas in almost every case; when a label
+    # still reaches outside (very long names on a small figure), the canvas grows to hold
+    # it ("tight" bounding box) instead of cutting the label off.
+    fig.savefig(raw, format="png", dpi=DPI,
+                **({"bbox_inches": "tight", "pad_inches": 0.04} if clipped_texts(fig) else {}))
     raw.seek(0)
     # A 256-colour palette keeps heatmaps smooth to the eye at a third of the bytes.
     image = Image.open(raw).convert("RGB").quantize(
@@ -120,6 +140,34 @@ def _data_uri(fig: Figure) -> str:
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+def learning_curve_figure(history: Mapping[str, Sequence[float]]) -> str | None:
+    """Loss (left) and any other metric (right) per epoch, training against validation."""
+    curves = {k: [float(v) for v in vals] for k, vals in history.items()
+              if isinstance(vals, (list, tuple)) and vals
+              and all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals)}
+    if not curves:
+        return None
+    metrics = sorted({k.removeprefix("val_") for k in curves})
+    metrics = ["loss"] + [m for m in metrics if m != "loss"][:1] if "loss" in metrics \
+        else metrics[:2]
+    with _figure(3.3 * len(metrics), 2.4) as fig:
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        for ax, name in zip(axes, metrics, strict=True):
+            for key, style, label in ((name, "-", "training"), (f"val_{name}", "--",
+                                                                 "validation")):
+                if key in curves:
+                    ys = curves[key]
+                    ax.plot(range(1, len(ys) + 1), ys, style, marker="o", markersize=2.5,
+                            label=label)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(name.replace("_", " "))
+            ax.legend(frameon=False, fontsize="small")
+        return _data_uri(fig)
 
 
 # -- performance ----------------------------------------------------------------------------

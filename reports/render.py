@@ -211,7 +211,10 @@ def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> 
     dataset = report["dataset"]
     class_names = dataset["class_names"]
     findings = sorted(report["findings"], key=lambda f: _SEVERITY_ORDER[f["severity"]])
-    by_code = {f["code"]: f for f in report["findings"]}
+    findings = _with_anchors(findings)
+    by_code: dict[str, dict[str, Any]] = {}
+    for f in findings:
+        by_code.setdefault(f["code"], f)
     severity_counts = {
         level: sum(1 for f in findings if f["severity"] == level)
         for level in ("critical", "warning", "info")
@@ -240,10 +243,11 @@ def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> 
         "report": report,
         "schema_version": SCHEMA_VERSION,
         "sections": sections,
-        "top_findings": [by_code[c] for c in report["verdict"]["top_findings"]],
+        "top_findings": _top_findings(findings, by_code, report["verdict"]["top_findings"]),
         "findings": findings,
         "severity_counts": severity_counts,
         "headline_stats": _headline_stats(report),
+        "training": _training_view(report),
         "performance": _performance_view(report),
         "importance": _importance_view(report, result),
         "examples": _examples_view(report, result, max_examples),
@@ -255,6 +259,77 @@ def _context(report: dict[str, Any], result: AuditResult, max_examples: int) -> 
         "class_names": class_names,
         "scales": {kind: figures.colour_scale(kind) for kind in ("unsigned", "signed")},
     }
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _training_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The model's training metadata as tables and a learning curve, not a raw dump."""
+    t = report["model"].get("training")
+    if not isinstance(t, Mapping) or not t:
+        return None
+    inner = t.get("training") if isinstance(t.get("training"), Mapping) else {}
+    history = inner.get("history", t.get("history"))
+    figure = (figures.learning_curve_figure(history) if isinstance(history, Mapping)
+              else None)
+    facts = [(k, v) for k, v in t.items() if _scalar(v)]
+    groups, more = [], {}
+    for key, value in t.items():
+        if key in ("validation", "test", "history") or _scalar(value):
+            continue
+        if isinstance(value, Mapping):
+            rows = [(k, v) for k, v in value.items() if _scalar(v)]
+            rest = {k: v for k, v in value.items() if not _scalar(v) and k != "history"}
+            if rows:
+                groups.append((key, rows))
+            if rest:
+                more[key] = rest
+        else:
+            more[key] = value
+    splits = [(name, t[name]) for name in ("validation", "test")
+              if isinstance(t.get(name), Mapping)]
+    metric_names: list[str] = []
+    for _, m in splits:
+        metric_names += [k for k, v in m.items() if isinstance(v, (int, float))
+                         and not isinstance(v, bool) and k not in metric_names]
+    metrics = {"columns": [name for name, _ in splits],
+               "rows": [(k, [m.get(k) for _, m in splits]) for k in metric_names]}
+    confusion = []
+    for name, m in splits:
+        cm = m.get("confusion_matrix")
+        if isinstance(cm, Mapping) and isinstance(cm.get("matrix"), list):
+            confusion.append((name, list(cm.get("labels") or range(len(cm["matrix"]))),
+                              cm["matrix"]))
+        elif isinstance(cm, list):
+            confusion.append((name, list(range(len(cm))), cm))
+        rest = {k: v for k, v in m.items() if not _scalar(v)
+                and k not in ("confusion_matrix", "calibration", "class_names")}
+        if rest:
+            more[name] = rest
+    return {"facts": facts, "groups": groups, "metrics": metrics if metric_names else None,
+            "confusion": confusion, "figure": figure, "more": more}
+
+
+def _with_anchors(findings: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each finding with a unique page anchor (the first of a code keeps ``finding-CODE``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for f in findings:
+        k = seen.get(f["code"], 0)
+        seen[f["code"]] = k + 1
+        out.append({**f, "anchor": f"finding-{f['code']}" + (f"-{k + 1}" if k else "")})
+    return out
+
+
+def _top_findings(findings: list[dict[str, Any]], by_code: Mapping[str, dict[str, Any]],
+                  codes: Sequence[str]) -> list[dict[str, Any]]:
+    """"Read these first": every critical finding, then the first finding of each other
+    code the verdict names."""
+    top = [f for f in findings if f["severity"] == "critical"]
+    top += [by_code[c] for c in codes if c in by_code and by_code[c]["severity"] != "critical"]
+    return top
 
 
 def _headline_stats(report: Mapping[str, Any]) -> list[tuple[str, str]]:
