@@ -48,3 +48,23 @@ def test_text_audit_through_the_api(client, auth, reviews):
     assert tokens == ["src_wire"]
     html = client.get(f"/api/v1/audits/{r.json['id']}/report", headers=auth).data.decode()
     assert 'id="text"' in html and 'class="tok"' in html
+
+
+def test_sequence_audit_through_the_api(client, auth, tmp_path):
+    from explain.training import train_reference_model
+
+    res = train_reference_model("sequence_spike", out=tmp_path / "seq.keras", verbose=0,
+                                save_test=tmp_path / "signals.npz")
+    r = upload(client, "models", res.model_path, "signals", auth)
+    assert r.status_code == 201 and r.json["spec"]["input_kind"] == "sequence"
+    mid = r.json["id"]
+    r = upload(client, "datasets", res.test_path, "signals", auth)
+    assert r.status_code == 201, r.json
+    r = client.post("/api/v1/audits", headers=auth,
+                    json={"model_id": mid, "dataset_id": r.json["id"], "config": FAST})
+    assert r.status_code == 202, r.json
+    status = client.get(f"/api/v1/audits/{r.json['id']}", headers=auth).json
+    assert status["status"] == "succeeded", status
+    report = client.get(f"/api/v1/audits/{r.json['id']}/report.json", headers=auth).json
+    spans = [f["evidence"]["span"] for f in report["findings"] if f["code"] == "shortcut_span"]
+    assert len(spans) == 1 and spans[0][0] < 10 and spans[0][1] > 5
