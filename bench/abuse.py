@@ -116,9 +116,8 @@ class Serve:
     def api_pid(self) -> int:
         """The gunicorn worker: the serve process's child that is not celery or beat."""
         for child in _children(self.proc.pid):
-            if "celery" not in _cmdline(child) and "beat" not in _cmdline(child):
-                sub = _children(child)
-                return sub[0] if sub else child
+            if " serve " in f"{_cmdline(child)} ":  # gunicorn's worker: a fork of serve
+                return child
         return self.proc.pid
 
     def memory(self) -> tuple[float, float]:
