@@ -221,9 +221,18 @@ _RSS_SCRIPT = textwrap.dedent("""
     cost = budget.estimate_config(json.loads(zipfile.ZipFile(sys.argv[3]).read("config.json")))
     x = np.random.default_rng(0).random((batch, size, size, 3), dtype=np.float32)
     explain(model, x[:1], "integrated_gradients", steps=2, batch_size=1)  # warm up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # Growth of the peak over the resident size now. The peak reached while saving or
+    # warming up may exceed what the batch needs, so it is reset first (Linux: writing 5 to
+    # clear_refs resets VmHWM).
+    def status(key):
+        with open("/proc/self/status") as f:
+            line = next(l for l in f if l.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
     explain(model, x, "integrated_gradients", steps=batch, batch_size=batch)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = status("VmHWM")
     print(json.dumps({"measured": after - before, "estimated": batch * cost.example_bytes()}))
 """)
 
