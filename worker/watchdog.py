@@ -59,16 +59,14 @@ def rss_bytes() -> int:
         return 0
 
 
-def memory_limit() -> int | None:
-    raw = (os.environ.get("XAUDIT_WORKER_MEMORY") or "").strip()
-    if not raw:
-        from explain.budget import BudgetPolicy
+def memory_limit(config=None) -> int | None:
+    """The worker's memory limit: WORKER_MEMORY of the app's configuration (api/config.py,
+    so ``XAUDIT_WORKER_MEMORY`` or create_app's test config), else the budget's default."""
+    from api.config import budget_policy
 
-        return BudgetPolicy.from_env().worker_memory
-    try:
-        return int(float(raw))
-    except ValueError:
-        return None
+    if config is None:
+        config = _app.config if _app is not None else {}
+    return budget_policy(config).worker_memory
 
 
 @contextlib.contextmanager

@@ -55,3 +55,30 @@ def test_policy_settings_also_come_from_xaudit_variables(tmp_path, monkeypatch):
     policy = intake_policy(app.config)
     assert policy.max_file_bytes == 2048 and policy.allow_savedmodel is True
     app.extensions["xaudit_db"]["engine"].dispose()
+
+
+def test_worker_memory_from_the_app_config_refuses_a_model(tmp_path, mlp_file, monkeypatch):
+    # The budget comes from create_app's config, not the process environment: with a
+    # worker memory of a few kilobytes even the small test MLP cannot be run.
+    monkeypatch.delenv("XAUDIT_WORKER_MEMORY", raising=False)
+    app = make_app(tmp_path, WORKER_MEMORY=4096)
+    client = app.test_client()
+    headers = bearer(new_key(app, "acme"))
+    r = upload(client, "models", mlp_file, "mlp", headers)
+    assert r.status_code == 422, r.json
+    assert r.json["error"]["code"] == "model_too_large"
+    app.extensions["xaudit_db"]["engine"].dispose()
+    # The same model is accepted under the default budget.
+    app = make_app(tmp_path / "default")
+    client = app.test_client()
+    r = upload(client, "models", mlp_file, "mlp", bearer(new_key(app, "acme")))
+    assert r.status_code == 201, r.json
+    app.extensions["xaudit_db"]["engine"].dispose()
+
+
+def test_watchdog_memory_limit_follows_the_app_config(monkeypatch):
+    from worker.watchdog import memory_limit
+
+    monkeypatch.delenv("XAUDIT_WORKER_MEMORY", raising=False)
+    assert memory_limit({"WORKER_MEMORY": 123_456_789}) == 123_456_789
+    assert memory_limit({"WORKER_MEMORY": None}) > 123_456_789
