@@ -80,20 +80,14 @@ _STYLE = {
 }
 
 # Known method names get their usual spelling; any other name is title-cased.
-_METHOD_TITLES = {
-    "grad_cam": "Grad-CAM",
-    "gradcam": "Grad-CAM",
-    "integrated_gradients": "Integrated Gradients",
-    "shap": "SHAP",
-    "saliency": "Saliency",
-    "smoothgrad": "SmoothGrad",
-    "occlusion": "Occlusion",
-}
-
-
 def method_title(method: str) -> str:
-    """Return the display name of an attribution method (``grad_cam`` → ``Grad-CAM``)."""
-    return _METHOD_TITLES.get(method, method.replace("_", " ").strip().title() or method)
+    """Return the display name of an attribution method (``grad_cam`` → ``Grad-CAM``), as
+    its registration says; a name the registry does not know, title-cased."""
+    from explain.attributions import METHODS, method_info
+
+    if method in METHODS:
+        return method_info(method).title
+    return method.replace("_", " ").strip().title() or method
 
 
 def _short(text: Any, limit: int = 22) -> str:

@@ -103,11 +103,11 @@ def validate_method_and_options(method: str, options: dict[str, Any], target: An
                                 n_rows: int, spec: dict[str, Any]) -> None:
     from explain.attributions import METHODS, method_info
     from explain.attributions.registry import COMMON_OPTIONS
+    from explain.errors import InputError
 
     if method not in METHODS:
         abort(422, "unknown_method",
               f"unknown method {method[:64]!r}; known methods: {', '.join(METHODS)}")
-    allowed = method_info(method).options | COMMON_OPTIONS
     if spec.get("input_kind") == "text":
         from explain.attributions.tokens import TOKEN_OPTIONS
 
@@ -115,10 +115,16 @@ def validate_method_and_options(method: str, options: dict[str, Any], target: An
             abort(422, "unknown_method", f"{method} does not apply to text models; use one "
                   f"of {', '.join(sorted(TOKEN_OPTIONS))}")
         allowed = set(TOKEN_OPTIONS[method]) | COMMON_OPTIONS
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        abort(422, "bad_options",
-              f"unknown option(s) {unknown[:5]} for {method}; allowed: {sorted(allowed)}")
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            abort(422, "bad_options",
+                  f"unknown option(s) {unknown[:5]} for {method}; allowed: {sorted(allowed)}")
+    else:
+        # The same check explain() runs in the worker: the method's registration.
+        try:
+            method_info(method).validate(options)
+        except InputError as exc:
+            abort(422, "bad_options", str(exc)[:500])
     limits.check_option_types(options, int(current_app.config["EXPLAIN_MAX_OPTION_INT"]))
     width = None
     outputs = spec.get("outputs") or []
@@ -151,7 +157,9 @@ def background_source(model_row: db.ModelRow, method: str, options: dict[str, An
     rows the caller sends (``background``), or the model's latest audited dataset; with
     neither, the request is refused (422 ``no_background``) rather than answered wrong.
     """
-    if method != "shap" or spec.get("input_kind") == "text":
+    from explain.attributions import method_info
+
+    if not method_info(method).data_background or spec.get("input_kind") == "text":
         return {}
     in_options = options.pop("background", None)
     if in_options is not None:

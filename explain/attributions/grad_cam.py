@@ -40,10 +40,6 @@ from explain.errors import InputError, InputTypeError
 __all__ = ["find_layer", "gradcam_candidate_layers", "grad_cam_maps", "grad_cam_weights",
            "grad_cam_plus_plus_weights"]
 
-_OPTIONS = frozenset({"layer", "normalize"})
-_DEFAULTS = {"layer": None, "normalize": False}
-
-
 # --------------------------------------------------------------------------- layers
 
 
@@ -403,10 +399,12 @@ def _run(method: str, mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
 
 @register(
     "grad_cam",
-    options=_OPTIONS,
-    defaults=_DEFAULTS,
     output="spatial",
     summary="Gradient-weighted class activation map of a spatial layer, at input resolution",
+    title="Grad-CAM",
+    global_priority={"image": 0},
+    cheap=True,
+    sanity_checks={"randomization", "stability"},
 )
 def _grad_cam(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: int,
               layer: str | None = None, normalize: bool = False) -> Attribution:
@@ -454,10 +452,11 @@ def _grad_cam(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_si
 
 @register(
     "grad_cam_plus_plus",
-    options=_OPTIONS,
-    defaults=_DEFAULTS,
     output="spatial",
     summary="Grad-CAM with pixel-wise (alpha) weighting of positive gradients",
+    title="Grad-CAM++",
+    cheap=True,
+    sanity_checks={"randomization", "stability"},
 )
 def _grad_cam_plus_plus(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
                         batch_size: int, layer: str | None = None,

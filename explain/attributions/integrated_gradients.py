@@ -27,7 +27,7 @@ from explain.attributions.base import (
     gradient_fn,
     stream_chunks,
 )
-from explain.attributions.registry import register
+from explain.attributions.registry import AuditInputs, register
 from explain.errors import InputError, InputTypeError
 
 # --------------------------------------------------------------------------- quadrature rules
@@ -116,35 +116,6 @@ def interpolate_path(x: tf.Tensor, baseline: tf.Tensor, alphas: tf.Tensor) -> tf
     """
     shape = tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
     return baseline + tf.reshape(alphas, shape) * (x - baseline)
-
-
-@tf.function(reduce_retracing=True)
-def weighted_gradient_sum(grads: tf.Tensor, deltas: tf.Tensor, weights: tf.Tensor,
-                          segments: tf.Tensor, n_segments: tf.Tensor) -> tf.Tensor:
-    """Sum ``weight * grad * (x - baseline)`` over the rows of each segment, in float64.
-
-    Float64 keeps the sum independent of how the stream was cut into chunks.
-
-    Parameters
-    ----------
-    grads, deltas
-        float32 ``(M, ...)``: gradients at the path points and ``x - baseline``.
-    weights
-        float32 ``(M,)``: quadrature weight of each row (divided by the number of baselines).
-    segments
-        int32 ``(M,)``: the output row each element adds to, in ``[0, n_segments)``.
-    n_segments
-        int32 scalar.
-
-    Returns
-    -------
-    tf.Tensor
-        float64 ``(n_segments, ...)``.
-    """
-    shape = tf.concat([[-1], tf.ones([tf.rank(grads) - 1], tf.int32)], axis=0)
-    terms = (tf.cast(grads, tf.float64) * tf.cast(deltas, tf.float64)
-             * tf.reshape(tf.cast(weights, tf.float64), shape))
-    return tf.math.unsorted_segment_sum(terms, segments, n_segments)
 
 
 def _row_shape(t: tf.Tensor) -> tf.Tensor:
@@ -351,13 +322,25 @@ def _blurred(x: np.ndarray, sigma: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- the method
 
 
+def _audit_options(ctx: AuditInputs) -> dict[str, Any]:
+    opts: dict[str, Any] = {"steps": ctx.config.ig_steps}
+    if ctx.kind == "tabular":
+        # Zero is rarely a neutral row for raw tabular features (an age of 0, an income
+        # of 0); the mean row is.
+        opts["baseline"] = ctx.x.mean(axis=0).astype(np.float32)
+    return opts
+
+
 @register(
     "integrated_gradients",
-    options={"steps", "baseline", "rule", "baseline_samples", "seed", "blur_sigma"},
-    defaults={"steps": 32, "baseline": "zeros", "rule": "gausslegendre",
-              "baseline_samples": 8, "seed": 0, "blur_sigma": None},
     completeness=True,
+    completeness_tolerance=0.01,
     summary="Gradients integrated along the straight path from a baseline to the input.",
+    title="Integrated Gradients",
+    global_priority={"tabular": 0, "image": 1},
+    cheap=True,
+    sanity_checks={"randomization", "stability"},
+    audit_options=_audit_options,
 )
 def integrated_gradients(
     mf: ModelFunction,

@@ -116,10 +116,9 @@ def _fill_values(x: np.ndarray, fill: Any) -> np.ndarray:
 
 @register(
     "occlusion",
-    options={"window", "stride", "fill"},
-    defaults={"window": None, "stride": None, "fill": 0.0},
     gradient_based=False,
     summary="Drop in the target score when a sliding window of the input is covered.",
+    title="Occlusion",
 )
 def occlusion(
     mf: ModelFunction,

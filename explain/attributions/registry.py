@@ -1,13 +1,17 @@
 """The registry of attribution methods and the public ``attribute()`` entry point.
 
-Each method module registers one private implementation with :func:`register`; the
-public :func:`explain` validates inputs, options and targets once and dispatches through
-the registry (no if/elif on method names).
+Each method module registers its implementation with :func:`register`, together with what
+the rest of xaudit needs to know about the method (its title, whether its attributions
+should add up to the output change and to what tolerance, whether it may rank global
+importance, which sanity checks apply to it, the options an audit gives it). The public
+:func:`explain` validates inputs, options and targets once and dispatches through the
+registry; nothing outside a method's own module branches on its name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +31,29 @@ from explain.errors import InputError
 COMMON_OPTIONS = frozenset({"batch_size", "output", "logits"})
 
 
+#: Sanity checks an audit can run on a method's attributions (explain.metrics).
+SANITY_CHECKS = frozenset({"randomization", "stability"})
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """What a method's :attr:`MethodInfo.audit_options` sees: the audit's config, the
+    input kind, every audited row and the audit's seeded generator (draws must keep
+    their order: one seed, one plan)."""
+
+    config: Any
+    kind: str
+    x: Any
+    rng: np.random.Generator
+
+
 @dataclass(frozen=True)
 class MethodInfo:
-    """Metadata of a registered method, read by the audit and the report."""
+    """Metadata of a registered method, read by the audit and the report.
+
+    ``options`` and ``defaults`` come from the implementation's keyword-only parameters
+    (one declaration: the signature).
+    """
 
     name: str
     impl: Callable[..., Attribution]
@@ -39,9 +63,64 @@ class MethodInfo:
     output: str = "input"
     #: True when sum(values) should equal f(x) - f(baseline) (IG, SHAP).
     completeness: bool = False
+    #: Largest relative completeness gap of a correct implementation (None: no check).
+    completeness_tolerance: float | None = None
     #: True when the method needs gradients (vs. forward passes only).
     gradient_based: bool = True
     summary: str = ""
+    #: Display name (report headings, figure labels).
+    title: str = ""
+    #: Rank among the methods that may compute an audit's global importance, per input
+    #: kind (lower first); a kind not listed: not this method.
+    global_priority: Mapping[str, int] = field(default_factory=dict)
+    #: Cheap enough to run on ``global_rows`` rows (tables' global importance).
+    cheap: bool = False
+    #: Measured against background rows that must come from the model's data (a service
+    #: supplies them rather than letting the method draw them from the explained rows).
+    data_background: bool = False
+    #: The sanity checks that apply (:data:`SANITY_CHECKS`).
+    sanity_checks: frozenset[str] = frozenset()
+    #: ``audit_options(ctx: AuditInputs) -> dict``: the options an audit runs it with,
+    #: before the config's ``method_options`` (which win).
+    audit_options: Callable[[AuditInputs], dict[str, Any]] | None = None
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        """Refuse option names the method does not take (InputError naming them)."""
+        if not isinstance(options, Mapping):
+            raise InputError(f"options of {self.name!r} must be a mapping of option names")
+        unknown = set(options) - self.options - COMMON_OPTIONS
+        if unknown:
+            allowed = sorted(self.options | COMMON_OPTIONS)
+            raise InputError(f"unknown option(s) {sorted(unknown)} for method {self.name!r}; "
+                             f"allowed: {allowed}")
+
+    def options_for_audit(self, ctx: AuditInputs) -> dict[str, Any]:
+        """The options an audit runs the method with (``batch_size`` included)."""
+        opts: dict[str, Any] = {"batch_size": ctx.config.batch_size}
+        if self.audit_options is not None:
+            opts.update(self.audit_options(ctx))
+        opts.update(ctx.config.method_options.get(self.name, {}))
+        return opts
+
+
+def global_method(methods: list[str] | tuple[str, ...], kind: str) -> str:
+    """The method of ``methods`` that ranks global importance for ``kind`` inputs (the
+    first of them when none claims it)."""
+    ranked = [(method_info(m).global_priority[kind], i, m) for i, m in enumerate(methods)
+              if kind in method_info(m).global_priority]
+    return min(ranked)[2] if ranked else methods[0]
+
+
+def _signature_options(impl: Callable[..., Attribution]) -> dict[str, Any]:
+    """``{name: default}`` of the implementation's keyword-only options."""
+    out = {}
+    for name, p in inspect.signature(impl).parameters.items():
+        if p.kind is not p.KEYWORD_ONLY or name == "batch_size":
+            continue
+        if p.default is p.empty:
+            raise ValueError(f"option {name!r} of {impl.__name__} needs a default")
+        out[name] = p.default
+    return out
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -53,27 +132,46 @@ METHODS: list[str] = []
 def register(
     name: str,
     *,
-    options: set[str] | frozenset[str] = frozenset(),
-    defaults: dict[str, Any] | None = None,
     output: str = "input",
     completeness: bool = False,
+    completeness_tolerance: float | None = None,
     gradient_based: bool = True,
     summary: str = "",
+    title: str = "",
+    global_priority: Mapping[str, int] | None = None,
+    cheap: bool = False,
+    data_background: bool = False,
+    sanity_checks: set[str] | frozenset[str] = frozenset(),
+    audit_options: Callable[[AuditInputs], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Attribution]], Callable[..., Attribution]]:
-    """Register ``impl(mf, x, targets, *, batch_size, **options) -> Attribution``."""
+    """Register ``impl(mf, x, targets, *, batch_size, **options) -> Attribution``.
+
+    The method's options and their defaults are ``impl``'s keyword-only parameters.
+    """
 
     def deco(impl: Callable[..., Attribution]) -> Callable[..., Attribution]:
         if name in _REGISTRY:
             raise ValueError(f"attribution method {name!r} is already registered")
+        unknown_checks = set(sanity_checks) - SANITY_CHECKS
+        if unknown_checks:
+            raise ValueError(f"unknown sanity check(s) {sorted(unknown_checks)}")
+        defaults = _signature_options(impl)
         _REGISTRY[name] = MethodInfo(
             name=name,
             impl=impl,
-            options=frozenset(options),
-            defaults=dict(defaults or {}),
+            options=frozenset(defaults),
+            defaults=defaults,
             output=output,
             completeness=completeness,
+            completeness_tolerance=completeness_tolerance,
             gradient_based=gradient_based,
             summary=summary,
+            title=title or name.replace("_", " ").title(),
+            global_priority=dict(global_priority or {}),
+            cheap=cheap,
+            data_background=data_background,
+            sanity_checks=frozenset(sanity_checks),
+            audit_options=audit_options,
         )
         METHODS.append(name)
         return impl
@@ -125,12 +223,7 @@ def explain(
     if text is not None:
         # token ids (or strings) into an Embedding: one score per token, (N, T)
         return explain_tokens(text, x, method, target, options)
-    unknown = set(options) - info.options - COMMON_OPTIONS
-    if unknown:
-        allowed = sorted(info.options | COMMON_OPTIONS)
-        raise InputError(
-            f"unknown option(s) {sorted(unknown)} for method {method!r}; allowed: {allowed}"
-        )
+    info.validate(options)
     requested = options.pop("batch_size", None)
     mf = ModelFunction(model, output=options.pop("output", None),
                        logits=bool(options.pop("logits", False)))

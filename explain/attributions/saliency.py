@@ -14,9 +14,11 @@ from explain.attributions.registry import register
 
 @register(
     "saliency",
-    options={"multiply_by_input", "absolute"},
-    defaults={"multiply_by_input": False, "absolute": False},
     summary="Gradient of the target score with respect to the input (optionally x input).",
+    title="Saliency",
+    global_priority={"tabular": 2},
+    cheap=True,
+    sanity_checks={"randomization", "stability"},
 )
 def saliency(
     mf: ModelFunction,

@@ -40,9 +40,12 @@ def noisy_rows(x: np.ndarray, sigma: np.ndarray, rows: np.ndarray, samples: np.n
 
 @register(
     "smoothgrad",
-    options={"noise", "samples", "seed", "multiply_by_input"},
-    defaults={"noise": 0.1, "samples": 25, "seed": 0, "multiply_by_input": False},
     summary="Gradients averaged over Gaussian-noised copies of the input.",
+    title="SmoothGrad",
+    global_priority={"tabular": 1},
+    cheap=True,
+    sanity_checks={"randomization", "stability"},
+    audit_options=lambda ctx: {"seed": ctx.config.seed},
 )
 def smoothgrad(
     mf: ModelFunction,

@@ -41,6 +41,22 @@ def _int_option(name: str, value: Any, minimum: int, maximum: int | None = None)
     return int(value)
 
 
+def _check_method_options(method: str, opts: Mapping[str, Any]) -> None:
+    """Option names ``method`` takes (its registration; on text models, its token
+    variant's), refused here as the worker would refuse them."""
+    from explain.attributions import method_info
+    from explain.attributions.tokens import TOKEN_OPTIONS
+    from explain.errors import InputError
+
+    info = method_info(method)
+    token_options = set(TOKEN_OPTIONS.get(method, {}))
+    extra = {k: v for k, v in opts.items() if k not in token_options}
+    try:
+        info.validate(extra)
+    except InputError as exc:
+        raise ConfigError(f"config method_options: {exc}") from None
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """What an audit computes and how hard it tries.
@@ -157,6 +173,7 @@ class AuditConfig:
                 raise ConfigError(f"method_options names unknown method {name!r}")
             if not isinstance(opts, Mapping):
                 raise ConfigTypeError(f"method_options.{name} must be a mapping of options")
+            _check_method_options(name, opts)
         if self.sensitive is not None:
             from explain.datasets import parse_sensitive
             from explain.errors import DataError

@@ -34,7 +34,7 @@ def global_importance(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, np.n
     if kind == "tabular":
         for m, a in attributions.items():
             maps[m] = a.values.reshape(len(a.values), -1).astype(np.float32)
-        method = global_method(methods)
+        method = global_method(methods, "tabular")
         if ctx.global_rows is not None:
             rows = ctx.global_rows
             values = attribute_full(ctx.model, x[rows], method, **options[method]).values
@@ -53,8 +53,7 @@ def global_importance(ctx: AuditContext) -> tuple[dict[str, Any], dict[str, np.n
 
     for m, a in attributions.items():
         maps[m] = image_map(a.values)
-    method = next((m for m in ("grad_cam", "integrated_gradients", "shap") if m in methods),
-                  methods[0])
+    method = global_method(methods, "image")
     grid = (min(IMAGE_IMPORTANCE_GRID[0], x.shape[1]), min(IMAGE_IMPORTANCE_GRID[1], x.shape[2]))
 
     def ranked(sel: np.ndarray) -> list[dict[str, Any]]:
@@ -131,17 +130,18 @@ def _time_importance(ctx: AuditContext) -> dict[str, Any]:
 
 
 def method_is_cheap(method: str) -> bool:
-    """Methods cheap enough to run on ``global_rows`` rows: the gradient ones."""
+    """Methods cheap enough to run on ``global_rows`` rows (the registry says)."""
     from explain.attributions.registry import method_info
 
-    return method_info(method).gradient_based and method != "shap"
+    return method_info(method).cheap
 
 
-def global_method(methods: Sequence[str]) -> str:
-    for m in ("integrated_gradients", "smoothgrad", "saliency"):
-        if m in methods:
-            return m
-    return methods[0]
+def global_method(methods: Sequence[str], kind: str) -> str:
+    """The method that ranks global importance for ``kind`` inputs (the registry's
+    ``global_priority``; the first method when none claims it)."""
+    from explain.attributions.registry import global_method as ranked
+
+    return ranked(list(methods), kind)
 
 
 def image_map(values: np.ndarray) -> np.ndarray:

@@ -19,9 +19,6 @@ from explain.audit.stages import Progress, Stages
 from explain.errors import ConfigError, DataError, UnsupportedModelError
 from explain.result import to_jsonable
 
-#: Coalitions per image for SHAP's kernel estimator when the config does not say.
-IMAGE_SHAP_SAMPLES = 512
-
 #: A training sidecar larger than this is not a sidecar; it is left out of the report.
 MAX_SIDECAR_BYTES = 1_000_000
 
@@ -182,7 +179,10 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
     stages.start("select_examples")
     idx, reasons = choose_examples(raw if regression else proba, y, cfg.samples, rng,
                                    regression=regression)
-    options = {m: _method_options(m, cfg, kind, x, rng) for m in methods}
+    from explain.attributions.registry import AuditInputs
+
+    inputs = AuditInputs(config=cfg, kind=kind, x=x, rng=rng)
+    options = {m: method_info(m).options_for_audit(inputs) for m in methods}
     arrays: dict[str, np.ndarray] = {"x": x, "y": np.asarray(y), "idx": idx,
                                      "pred_all": pred_all}
     if proba is not None:
@@ -193,7 +193,7 @@ def prepare_in(stages: Stages, model_path: str | os.PathLike, data: Any,
             arrays["vocabulary"] = np.array(vocab, dtype=str)
     sensitive = _sensitive_arrays(dataset, cfg, None if regression else len(class_names))
     arrays.update({f"sensitive.{k}": v for k, v in sensitive.items()})
-    if kind == "tabular" and method_is_cheap(global_method(methods)):
+    if kind == "tabular" and method_is_cheap(global_method(methods, kind)):
         arrays["global_rows"] = np.sort(rng.choice(len(x), min(cfg.global_rows, len(x)),
                                                    replace=False))
     scalar_options: dict[str, dict[str, Any]] = {}
@@ -324,37 +324,6 @@ def _performance(metrics: dict[str, Any]) -> dict[str, Any]:
         cal = dict(perf.get("calibration") or {})
         perf["calibration"] = {"ece": perf.pop("ece"), **cal}
     return perf
-
-
-def _method_options(method: str, cfg: AuditConfig, kind: str, data_x: np.ndarray,
-                    rng: np.random.Generator) -> dict[str, Any]:
-    opts: dict[str, Any] = {"batch_size": cfg.batch_size}
-    if method == "integrated_gradients":
-        opts["steps"] = cfg.ig_steps
-        if kind == "tabular":
-            # Zero is rarely a neutral row for raw tabular features (an age of 0, an
-            # income of 0); the mean row is.
-            opts["baseline"] = data_x.mean(axis=0).astype(np.float32)
-    elif method == "shap":
-        opts["seed"] = cfg.seed
-        # SHAP's forward passes are on tiny perturbed copies; large batches are cheap.
-        opts["batch_size"] = cfg.batch_size * 16
-        if cfg.shap_samples is not None:
-            opts["samples"] = cfg.shap_samples
-        elif kind == "image":
-            # 64 regions: the estimator's default (2M + 2048 coalitions a row) costs 29 s
-            # for 24 images of 32×32 on two cores; 512 cost 7.8 s and name the same
-            # regions (see bench/audit.py).
-            opts["samples"] = IMAGE_SHAP_SAMPLES
-        if kind in ("tabular", "sequence"):
-            rows = min(cfg.background, len(data_x))
-            opts["background"] = data_x[np.sort(rng.choice(len(data_x), rows, replace=False))]
-    elif method in ("smoothgrad",):
-        opts["seed"] = cfg.seed
-    opts.update(cfg.method_options.get(method, {}))
-    return opts
-
-
 
 
 def _options_for_report(opts: Mapping[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def measure_quality(ctx: AuditContext, tolerance: float
         done += 1
         stages.step(done / jobs)
         sub_opts = {k: v for k, v in options[m].items()}
-        if q["randomization"] and info.gradient_based and m != "shap":
+        if q["randomization"] and "randomization" in info.sanity_checks:
             r = ModelParameterRandomization(
                 model, xs[sanity_idx], targets[sanity_idx], method=m,
                 method_options=sub_opts, max_layers=cfg.randomization_layers,
@@ -103,7 +103,7 @@ def measure_quality(ctx: AuditContext, tolerance: float
                                  r.threshold, False, r.passed))
             entry["randomization_curve"] = to_jsonable(r.detail["curve"])
         # Stability adds noise to the input, which token ids do not take.
-        if q["stability"] and info.gradient_based and m != "shap" and kind != "text":
+        if q["stability"] and "stability" in info.sanity_checks and kind != "text":
             radius = 0.05 * float(np.std(x_all)) or 0.05
             r = MaxSensitivity(model, xs[sanity_idx], targets[sanity_idx], method=m,
                                method_options=sub_opts, radius=radius, samples=5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -9,11 +10,33 @@ import numpy as np
 from explain.attributions.base import Attribution
 from explain.metrics.base import Category, Direction, Metric
 
-#: Default tolerance on the max relative gap, per method. Integrated Gradients converges
-#: to exact completeness as its steps grow, so 1% flags too coarse an integral; SHAP
-#: estimators (sampling, background expectations) are looser by construction.
-COMPLETENESS_TOLERANCE: dict[str, float] = {"integrated_gradients": 0.01, "shap": 0.05}
 DEFAULT_TOLERANCE = 0.05
+
+
+class _Tolerances(Mapping):
+    """Tolerance on the max relative gap of each method that claims completeness, as its
+    registration says (``completeness_tolerance``): Integrated Gradients converges to
+    exact completeness as its steps grow, so 1% flags too coarse an integral; SHAP
+    estimators (sampling, background expectations) are looser by construction."""
+
+    def _table(self) -> dict[str, float]:
+        from explain.attributions import METHODS, method_info
+
+        return {m: float(method_info(m).completeness_tolerance) for m in METHODS
+                if method_info(m).completeness_tolerance is not None}
+
+    def __getitem__(self, method: str) -> float:
+        return self._table()[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+#: ``{method: tolerance}`` from the registry.
+COMPLETENESS_TOLERANCE: Mapping[str, float] = _Tolerances()
 
 
 class CompletenessGap(Metric):

@@ -21,6 +21,7 @@ BAD = [
     ({"quality": {"stability": "yes"}}, "bad_config"),
     ({"method_options": {"shap": 3}}, "bad_config"),
     ({"method_options": {"lime": {}}}, "bad_config"),
+    ({"method_options": {"integrated_gradients": {"stepz": 8}}}, "bad_config"),
     ({"thresholds": {"drift_min_ndcg": "high"}}, "bad_config"),
 ]
 

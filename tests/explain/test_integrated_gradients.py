@@ -86,18 +86,6 @@ def test_interpolate_path_hits_both_endpoints_and_the_midpoint():
     np.testing.assert_array_equal(out[2], 1.0)
 
 
-def test_weighted_gradient_sum_groups_rows_by_segment():
-    rng = np.random.default_rng(0)
-    g = rng.normal(size=(5, 3)).astype(np.float32)
-    d = rng.normal(size=(5, 3)).astype(np.float32)
-    w = np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)
-    seg = np.array([0, 0, 1, 1, 1], np.int32)
-    out = ig.weighted_gradient_sum(g, d, w, seg, tf.constant(2)).numpy()
-    terms = g.astype(np.float64) * d * w[:, None].astype(np.float64)
-    np.testing.assert_allclose(out, [terms[:2].sum(0), terms[2:].sum(0)], rtol=1e-12)
-    assert out.dtype == np.float64
-
-
 # --------------------------------------------------------------------------- exactness
 
 
