@@ -157,9 +157,10 @@ def background_source(model_row: db.ModelRow, method: str, options: dict[str, An
     rows the caller sends (``background``), or the model's latest audited dataset; with
     neither, the request is refused (422 ``no_background``) rather than answered wrong.
     """
-    from explain.attributions import method_info
+    from explain.attributions import METHODS, method_info
 
-    if not method_info(method).data_background or spec.get("input_kind") == "text":
+    if (method not in METHODS or not method_info(method).data_background
+            or spec.get("input_kind") == "text"):
         return {}
     in_options = options.pop("background", None)
     if in_options is not None:
