@@ -46,7 +46,8 @@ def permutation_drops(ctx: AuditContext, items: list[dict[str, Any]]
     if len(x) > MAX_ROWS:
         rows = np.sort(rng.choice(len(x), MAX_ROWS, replace=False))
         x, y = x[rows], y[rows]
-    names = list(ctx.feature_names or [f"feature_{i}" for i in range(x.shape[1])])
+    names = [str(n) for n in ctx.feature_names] if ctx.feature_names else \
+        [f"x{i}" for i in range(x.shape[1])]  # the names global importance uses
     batch = ctx.config.batch_size
 
     def score(inputs: np.ndarray) -> float:

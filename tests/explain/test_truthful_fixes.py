@@ -179,3 +179,46 @@ def test_audit_of_a_model_with_constant_output_reports_explanation_failed(tmp_pa
     comp = report["explanation_quality"]["integrated_gradients"]["completeness"]
     assert comp["passed"] is checks["completeness_gap"]["passed"]
     assert comp["relative_gap"] == pytest.approx(checks["completeness_gap"]["score"])
+
+
+def _table_report(scores, drops, metric="accuracy"):
+    items = [{"feature": f"f{i}", "score": s} for i, s in enumerate(scores)]
+    perm = {"metric": metric, "baseline": 0.95,
+            "items": [{"feature": f"f{i}", "drop": d, "score": 0.95 - d}
+                      for i, d in enumerate(drops)]}
+    return {"global_importance": {"kind": "tabular", "method": "integrated_gradients",
+                                  "items": items, "grid": None, "permutation": perm}}
+
+
+def test_dominant_feature_backed_by_permutation_when_its_share_is_diluted():
+    # 64 features: the leak holds 0.29 of the importance at 7.6x the next, and shuffling
+    # it costs 0.46 accuracy, far more than any other feature.
+    scores = [0.29] + [0.71 / 63] * 63
+    found = run_rules(FindingInputs(report=_table_report(scores, [0.46, 0.01, 0.007])))
+    dom = [f for f in found if f["code"] == "dominant_feature"]
+    assert len(dom) == 1 and dom[0]["evidence"]["feature"] == "f0"
+    assert dom[0]["evidence"]["judged_by"] == "permutation"
+    assert dom[0]["evidence"]["permutation_drop"] == pytest.approx(0.46)
+    assert "Shuffling it drops the model's accuracy by 0.46" in dom[0]["message"]
+    # A clean top feature: small lead, and shuffling it costs about what the next does.
+    clean = run_rules(FindingInputs(report=_table_report([0.2, 0.15, 0.12, 0.1] + [0.05] * 8,
+                                                         [0.19, 0.15, 0.06])))
+    assert not [f for f in clean if f["code"] == "dominant_feature"]
+    # The lead in attribution alone, without the model's behaviour behind it, is not enough.
+    weak = run_rules(FindingInputs(report=_table_report([0.25, 0.14] + [0.061] * 10,
+                                                        [0.05, 0.04, 0.03])))
+    assert not [f for f in weak if f["code"] == "dominant_feature"]
+
+
+def test_regression_audit_reports_r2_permutation_drop(tmp_path):
+    model = models.linear_regression(n_features=5)[0]
+    path = tmp_path / "lin.keras"
+    model.save(path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 5)).astype(np.float32)
+    y = model.predict(x, verbose=0)[:, 0]
+    result = run_audit(path, Dataset(x=x, y=y), {"samples": 6, "methods": [
+        "integrated_gradients"], "quality": {"randomization": False, "faithfulness": False}})
+    perm = result.report["global_importance"]["permutation"]
+    assert perm["metric"] == "r2" and perm["baseline"] == pytest.approx(1.0, abs=1e-4)
+    assert all(p["drop"] > 0 for p in perm["items"]) and len(perm["items"]) == 3
