@@ -42,6 +42,9 @@ __all__ = [
     "ModelCost",
     "RequestCost",
     "audit_cost",
+    "audit_batch_size",
+    "audit_memory",
+    "check_audit_memory",
     "check_model",
     "estimate_config",
     "explain_batch_size",
@@ -821,6 +824,82 @@ def audit_cost(cost: ModelCost, config: Mapping[str, Any],
     return total
 
 
+#: Bytes per input value of one deletion/insertion row while its block is built: the
+#: boolean mask (1), its fancy-indexed image copy (1), ``np.where``'s result (4) and the
+#: float32 copy handed to the model (4) -- explain/metrics/faithfulness.py ``curves``.
+CURVE_ROW_BYTES = 10
+#: Random orders the audit's deletion/insertion checks draw next to the attribution order.
+CURVE_RANDOM_ORDERS = 3
+#: Noisy copies per example of the stability check (explain/audit/quality.py).
+STABILITY_SAMPLES = 5
+
+
+def _quality_switch(config: Mapping[str, Any], name: str) -> bool:
+    q = config.get("quality")
+    if isinstance(q, Mapping) and name in q:
+        return bool(q[name])
+    return True
+
+
+def audit_memory(cost: ModelCost, config: Mapping[str, Any],
+                 methods: Iterable[str]) -> dict[str, int]:
+    """Bytes the audit keeps besides the model's batches, by part (an upper bound).
+
+    ``examples``: the explained examples, their attributions per method and the curves'
+    baselines (float32); ``faithfulness``: one block of deletion/insertion rows -- every
+    example is perturbed at ``faithfulness_steps + 1`` points along its attribution order
+    and :data:`CURVE_RANDOM_ORDERS` random orders, at least one example's rows at once
+    whatever the batch size (for a 2000x2000x3 image and 10 steps: 44 rows, ~5.3 GB);
+    ``stability``: the noisy copies of the sanity rows; ``randomization``: a copy of the
+    weights. ``peak`` is the examples plus the largest of the others (they run one after
+    another).
+    """
+    methods = list(methods)
+    n_in = cost.input_elements
+    samples = _opt_int(config, "samples", 24)
+    sanity = min(_opt_int(config, "sanity_rows", 8), samples)
+    batch = _opt_int(config, "batch_size", 256)
+    steps = _opt_int(config, "faithfulness_steps", 10)
+    parts = {"examples": samples * n_in * VALUE_BYTES * (2 + len(methods))}
+    if _quality_switch(config, "faithfulness"):
+        per_example = (1 + CURVE_RANDOM_ORDERS) * (steps + 1)
+        rows = max(1, batch // per_example) * per_example
+        parts["faithfulness"] = min(rows, samples * per_example) * n_in * CURVE_ROW_BYTES
+    if _quality_switch(config, "stability"):
+        parts["stability"] = sanity * STABILITY_SAMPLES * n_in * VALUE_BYTES * 2
+    if _quality_switch(config, "randomization"):
+        parts["randomization"] = cost.weight_bytes
+    parts["peak"] = parts["examples"] + max(
+        [v for k, v in parts.items() if k != "examples"] or [0])
+    return parts
+
+
+def check_audit_memory(cost: ModelCost, config: Mapping[str, Any], methods: Iterable[str],
+                       policy: BudgetPolicy) -> dict[str, int]:
+    """Refuse (``over_budget``) an audit whose own arrays (:func:`audit_memory`) do not
+    fit the worker's batch memory next to the model's weights and a one-example batch
+    (the smallest the worker can size it to, :func:`audit_batch_size`)."""
+    parts = audit_memory(cost, {**config, "batch_size": 1}, methods)
+    room = policy.batch_bytes - cost.weight_bytes - cost.example_bytes(True)
+    if parts["peak"] > room:
+        big = max((k for k in parts if k not in ("peak", "examples")),
+                  key=lambda k: parts[k], default="examples")
+        if parts["examples"] >= parts.get(big, 0):
+            big = "examples"
+        hint = {"faithfulness": "lower faithfulness_steps or samples, or turn the "
+                                "faithfulness check off (quality.faithfulness false)",
+                "stability": "lower sanity_rows or turn quality.stability off",
+                "randomization": "turn quality.randomization off",
+                "examples": "ask for fewer samples or methods"}[big]
+        raise BudgetError(
+            f"this audit keeps about {_fmt_bytes(parts['peak'])} of arrays besides the "
+            f"model (its {big} the largest: {_fmt_bytes(parts[big])}); a worker has "
+            f"{_fmt_bytes(max(room, 0))} for them (XAUDIT_WORKER_MEMORY): {hint}",
+            detail={"cost_bytes": parts["peak"], "limit_bytes": max(room, 0),
+                    "parts": {k: v for k, v in parts.items() if k != "peak"}})
+    return parts
+
+
 def check_audit(cost: ModelCost, config: Mapping[str, Any], methods: Iterable[str],
                 policy: BudgetPolicy) -> float:
     methods = list(methods)
@@ -836,12 +915,31 @@ def check_audit(cost: ModelCost, config: Mapping[str, Any], methods: Iterable[st
         if isinstance(opts, Mapping):
             check_request(cost, method, 1, opts, policy, limit=float("inf"),
                           what="this audit")
+    check_audit_memory(cost, config, methods, policy)
     return flops
 
 
+def audit_batch_size(cost: ModelCost, config: Mapping[str, Any], methods: Iterable[str],
+                     policy: BudgetPolicy) -> int:
+    """The audit's rows per pass: no more than asked, and small enough that the batch and
+    the audit's own arrays (:func:`audit_memory`, whose deletion/insertion block grows with
+    the batch) fit the worker's batch memory together (at least 1)."""
+    methods = list(methods)
+    size = _opt_int(config, "batch_size", 256)
+    for _ in range(8):  # the block shrinks with the batch: a few rounds settle it
+        reserved = audit_memory(cost, {**config, "batch_size": size}, methods)["peak"]
+        fit = min(size, explain_batch_size(cost, policy, True, reserved=reserved))
+        if fit == size:
+            break
+        size = fit
+    return size
+
+
 def explain_batch_size(cost: ModelCost, policy: BudgetPolicy, gradient: bool = True,
-                       upper: int = 8192) -> int:
-    """Rows per forward/backward pass that fit the worker's batch memory (at least 1)."""
-    room = policy.batch_bytes - cost.weight_bytes
+                       upper: int = 8192, reserved: int = 0) -> int:
+    """Rows per forward/backward pass that fit the worker's batch memory (at least 1),
+    ``reserved`` bytes of it being taken by other arrays (an audit's, see
+    :func:`audit_memory`)."""
+    room = policy.batch_bytes - cost.weight_bytes - reserved
     per = max(cost.example_bytes(gradient), 1)
     return int(max(1, min(upper, room // per)))

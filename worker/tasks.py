@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from flask import current_app
+from flask import current_app, has_app_context
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from api import db, lifecycle
-from api.config import policy_environ
+from api.config import budget_policy, policy_environ
 from api.lifecycle import AuditStatus
 from explain.audit.plan import npz_bytes
 from worker import webhooks  # noqa: F401 - registers xaudit.webhook with the app
@@ -103,21 +103,30 @@ def _explain_batch_size(spec, method: str, x: np.ndarray) -> int | None:
     from explain.budget import BudgetPolicy, ModelCost, explain_batch_size
 
     gradient = method_info(method).gradient_based
-    cap = explain_batch_size(ModelCost.from_dict(spec.cost), BudgetPolicy.from_env(), gradient)
+    policy = (budget_policy(current_app.config) if has_app_context()
+              else BudgetPolicy.from_env())
+    cap = explain_batch_size(ModelCost.from_dict(spec.cost), policy, gradient)
     return int(min(default_batch_size(x.shape[1:], gradient), cap))
 
 
-def sized_audit_config(spec: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
+def sized_audit_config(spec: dict[str, Any] | None, config: dict[str, Any],
+                       policy=None) -> dict[str, Any]:
     """The audit config with ``batch_size`` no larger than what fits this worker's memory
-    budget for the model (from the cost its intake recorded); unchanged without one."""
+    budget for the model (from the cost its intake recorded) next to the audit's own
+    arrays (deletion/insertion blocks, stability copies: explain.budget.audit_memory);
+    unchanged without a cost. ``policy``: the app's budget (default: the environment's)."""
     cost = (spec or {}).get("cost")
     if not cost:
         return config
-    from explain.audit import AuditConfig
-    from explain.budget import BudgetPolicy, ModelCost, explain_batch_size
+    from explain.audit import DEFAULT_METHODS, AuditConfig
+    from explain.budget import BudgetPolicy, ModelCost, audit_batch_size
 
-    cap = explain_batch_size(ModelCost.from_dict(cost), BudgetPolicy.from_env(), True)
+    policy = policy or BudgetPolicy.from_env()
+    methods = config.get("methods") or DEFAULT_METHODS.get(
+        str((spec or {}).get("input_kind")), DEFAULT_METHODS["tabular"])
     asked = int(config.get("batch_size") or AuditConfig.batch_size)
+    cap = audit_batch_size(ModelCost.from_dict(cost), {**config, "batch_size": asked},
+                           methods, policy)
     if asked > cap:
         log.info("audit batch size %d -> %d (memory budget)", asked, cap)
         config = {**config, "batch_size": cap}
@@ -479,7 +488,8 @@ def _run_claimed(audit_id: str, audit: db.Audit, model_row: db.ModelRow,
         previous = load_previous(audit)
         result = run_audit(
             str(blobs().path(model_row.blob_key)), data,
-            sized_audit_config(model_row.spec, dict(audit.config or {})),
+            sized_audit_config(model_row.spec, dict(audit.config or {}),
+                               budget_policy(current_app.config)),
             progress=progress, previous=previous,
             model_name=model_row.name, dataset_name=dataset_row.name,
         )

@@ -82,3 +82,24 @@ def test_watchdog_memory_limit_follows_the_app_config(monkeypatch):
     monkeypatch.delenv("XAUDIT_WORKER_MEMORY", raising=False)
     assert memory_limit({"WORKER_MEMORY": 123_456_789}) == 123_456_789
     assert memory_limit({"WORKER_MEMORY": None}) > 123_456_789
+
+
+def test_audit_arrays_over_the_configured_worker_memory_are_refused(tmp_path, mlp_file,
+                                                                      data_file):
+    # Many deletion/insertion points: the audit's curve block (4 orders x 1001 points x
+    # 4 features x 10 bytes per row, ~160 KB) is over a 300 KB worker's batch share, while
+    # the model itself fits. (No audit is run under this budget: the watchdog would stop
+    # this process; the sizes that fit are checked in tests/explain/test_budget.py.)
+    app = make_app(tmp_path, WORKER_MEMORY=300_000)
+    client = app.test_client()
+    headers = bearer(new_key(app, "acme"))
+    mid = upload(client, "models", mlp_file, "mlp", headers).json["id"]
+    ds = upload(client, "datasets", data_file, "rows", headers).json["id"]
+    r = client.post("/api/v1/audits", headers=headers, json={
+        "model_id": mid, "dataset_id": ds,
+        "config": {"samples": 4, "faithfulness_steps": 1000,
+                   "methods": ["integrated_gradients"]}})
+    assert r.status_code == 422, r.json
+    assert r.json["error"]["code"] == "over_budget"
+    assert "faithfulness" in r.json["error"]["message"]
+    app.extensions["xaudit_db"]["engine"].dispose()

@@ -246,3 +246,72 @@ def test_estimated_memory_bounds_the_measured_peak_rss(tmp_path):
     numbers = json.loads(out.stdout.strip().splitlines()[-1])
     assert numbers["measured"] <= numbers["estimated"], numbers
     assert numbers["estimated"] <= 12 * max(numbers["measured"], 1), numbers
+
+
+# ------------------------------------------------------------- the audit's own arrays
+
+
+def _big_conv_cost():
+    # The (2000, 2000, 3) conv of bench/abuse.py, as its intake records it.
+    return budget.ModelCost(input_shape=(2000, 2000, 3), params=150,
+                            activation_elements=28_000_000, forward_flops=10**9,
+                            workspace_elements=108_000_000)
+
+
+def test_audit_memory_counts_the_deletion_insertion_rows_of_a_huge_example():
+    cost = _big_conv_cost()
+    parts = budget.audit_memory(cost, {"samples": 2, "batch_size": 1},
+                                ["integrated_gradients", "saliency"])
+    # 4 orders x 11 curve points of one 12-million-value image, at 10 bytes a value.
+    assert parts["faithfulness"] == 44 * 12_000_000 * 10
+    assert parts["peak"] == parts["examples"] + parts["faithfulness"]
+    off = budget.audit_memory(cost, {"samples": 2, "quality": {"faithfulness": False}},
+                              ["integrated_gradients"])
+    assert "faithfulness" not in off and off["peak"] < parts["peak"]
+    # More curve points, more rows.
+    more = budget.audit_memory(cost, {"samples": 2, "batch_size": 1,
+                                      "faithfulness_steps": 20}, ["saliency"])
+    assert more["faithfulness"] == 4 * 21 * 12_000_000 * 10
+
+
+def test_a_huge_example_audit_is_refused_up_front_or_sized_to_fit():
+    cost = _big_conv_cost()
+    config = {"samples": 2, "methods": ["integrated_gradients", "saliency"]}
+    methods = config["methods"]
+    # 8 GB worker: the 5.3 GB curve block does not fit next to the model -> refused,
+    # naming the part and the option to lower.
+    small = budget.BudgetPolicy(worker_memory=8 * 10**9)
+    with pytest.raises(budget.BudgetError) as err:
+        budget.check_audit(cost, config, methods, small)
+    assert err.value.code == "over_budget"
+    assert "faithfulness" in str(err.value) and "XAUDIT_WORKER_MEMORY" in str(err.value)
+    assert err.value.detail["cost_bytes"] > err.value.detail["limit_bytes"]
+    # 40 GB worker: accepted, and the batch is sized so batch + the audit's arrays fit.
+    big = budget.BudgetPolicy(worker_memory=40 * 10**9)
+    budget.check_audit(cost, config, methods, big)
+    size = budget.audit_batch_size(cost, {**config, "batch_size": 256}, methods, big)
+    reserved = budget.audit_memory(cost, {**config, "batch_size": size}, methods)["peak"]
+    assert size >= 1
+    assert (size * cost.example_bytes(True) + reserved + cost.weight_bytes
+            <= big.batch_bytes)
+    # The arrays alone leave less room than the plain gradient batch would get.
+    assert size < budget.explain_batch_size(cost, big, True)
+
+
+def test_worker_sizes_the_audit_batch_next_to_its_arrays():
+    from worker.tasks import sized_audit_config
+
+    cost = _big_conv_cost()
+    spec = {"cost": cost.to_dict(), "input_kind": "image"}
+    big = budget.BudgetPolicy(worker_memory=40 * 10**9)
+    sized = sized_audit_config(spec, {"samples": 2}, big)
+    assert sized["batch_size"] == budget.audit_batch_size(
+        cost, {"samples": 2, "batch_size": 256},
+        sized_methods(spec), big)
+    assert sized["batch_size"] < budget.explain_batch_size(cost, big, True)
+
+
+def sized_methods(spec):
+    from explain.audit import DEFAULT_METHODS
+
+    return DEFAULT_METHODS[spec["input_kind"]]

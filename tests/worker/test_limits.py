@@ -260,7 +260,13 @@ def test_audit_batches_are_sized_from_the_models_cost(monkeypatch):
     sized = sized_audit_config({"cost": cost}, {"samples": 2})
     # 4 GiB of batch memory over ~450 MB per example: a handful of rows, not 256.
     assert 1 <= sized["batch_size"] <= 16 and sized["samples"] == 2
-    assert sized_audit_config({"cost": cost}, {"batch_size": 2}) == {"batch_size": 2}
+    # Under 8 GiB the audit's own arrays (44 curve rows of 48 MB) leave room for one row
+    # (the API refuses such an audit up front); 40 GiB keeps the 2 asked for.
+    assert sized_audit_config({"cost": cost}, {"samples": 2, "batch_size": 2}) == {
+        "samples": 2, "batch_size": 1}
+    monkeypatch.setenv("XAUDIT_WORKER_MEMORY", str(40 * 2**30))
+    assert sized_audit_config({"cost": cost}, {"samples": 2, "batch_size": 2}) == {
+        "samples": 2, "batch_size": 2}
     assert sized_audit_config({}, {"samples": 2}) == {"samples": 2}
 
 
