@@ -20,8 +20,11 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-SERVICES = {"redis", "postgres", "api", "worker-gpu", "worker-cpu", "beat", "flower"}
-XAUDIT_SERVICES = ("migrate", "api", "worker-gpu", "worker-cpu", "beat", "flower")
+SERVICES = {"redis", "postgres", "api", "worker-gpu", "worker-cpu", "worker-explain", "beat",
+            "flower"}
+XAUDIT_SERVICES = ("migrate", "api", "worker-gpu", "worker-cpu", "worker-explain", "beat",
+                   "flower")
+WORKERS = ("worker-gpu", "worker-cpu", "worker-explain")
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
@@ -171,6 +174,36 @@ def test_workers_consume_queues_the_celery_app_declares(monkeypatch, services, c
     # Every queue a task is routed to has a worker in the stack.
     routed = {route["queue"] for route in celery_app.conf.task_routes.values()}
     assert routed <= consumed, routed - consumed
+
+
+def test_explain_jobs_go_to_a_queue_a_worker_of_their_own_consumes(monkeypatch, services,
+                                                                   celery_app):
+    from api.queue import ATTRIBUTIONS, celery_config, explain_queue
+
+    # Every service (the API sends, the beat resends) names the same /explain queue.
+    queues = {env_of(services[name]).get("XAUDIT_EXPLAIN_QUEUE") for name in XAUDIT_SERVICES}
+    assert len(queues) == 1
+    queue = explain_queue({"EXPLAIN_QUEUE": queues.pop()})
+    assert queue != ATTRIBUTIONS
+    params = _worker_params(monkeypatch, celery_app, services["worker-explain"])
+    assert params["queues"] == [queue]
+    # The Celery app built with that setting declares the queue and routes /explain to it.
+    from api.config import defaults, resolve
+
+    cfg = {**defaults(), "EXPLAIN_QUEUE": queue, "DATA_DIR": str(os.getcwd())}
+    cfg["CELERY_BROKER_URL"] = "redis://redis:6379/0"
+    cfg["CELERY_RESULT_BACKEND"] = "redis://redis:6379/0"
+    resolve(cfg)
+    conf = celery_config(cfg)
+    assert queue in {q.name for q in conf["task_queues"]}
+    assert conf["task_routes"]["xaudit.explain"] == {"queue": queue}
+
+
+def test_workers_are_restarted_after_the_watchdog_ends_them(services):
+    # The watchdog ends a worker over its memory or hard time limit (exit 75): compose
+    # must start it again.
+    for name in (*WORKERS, "beat", "api"):
+        assert services[name].get("restart") == "unless-stopped", name
 
 
 def test_the_gpu_worker_reserves_an_nvidia_gpu_and_is_pinned(services):
