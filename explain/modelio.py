@@ -1076,6 +1076,7 @@ def _keras_load(path: Path, policy: IntakePolicy) -> keras.Model:
         raise ModelIntakeError(f"{path.name} does not hold a Keras model",
                                code="corrupt_file")
     _make_name_traceable(model)
+    _check_layer_names(model, path)
     return model
 
 
@@ -1094,6 +1095,31 @@ def _make_name_traceable(model: keras.Model) -> None:
     if not _SCOPE_NAME.fullmatch(original):
         cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "_", original).lstrip("_.-") or "model"
         model.name = cleaned[:64]
+
+
+# TensorFlow's rule for a name scope below the root (keras layer names cannot hold "/").
+_LAYER_SCOPE_NAME = re.compile(r"[A-Za-z0-9_.>\-]+")
+
+
+def _check_layer_names(model: keras.Model, path: Path) -> None:
+    """Refuse a model with a layer TensorFlow cannot trace by name.
+
+    Keras opens a graph scope named after each layer when a gradient method traces the
+    model; a name such as ``<b>x</b>`` loads and predicts, then fails every attribution
+    deep inside the worker. Renaming layers would break the names users give for Grad-CAM
+    and see in the report, so the upload is refused here, naming the layer.
+    """
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        name = str(layer.name)
+        if not _LAYER_SCOPE_NAME.fullmatch(name):
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise ModelIntakeError(
+                f"{path.name}: layer name {shown!r} cannot be traced by TensorFlow; layer names "
+                "may use letters, digits and _ . - > only: rename the layer and save again",
+                code="bad_layer_name")
+        stack.extend(getattr(layer, "layers", None) or [])
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

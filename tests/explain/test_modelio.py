@@ -450,3 +450,26 @@ def test_cli_inspect_missing_file(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "missing.keras")])
     assert result.exit_code == 2
     assert result.stderr.startswith("error [not_found]: ")
+
+
+@pytest.mark.parametrize("name", ["<b>dense<b>", "a b", "x\x1b[31m"])
+def test_layer_names_tensorflow_cannot_trace_are_refused_at_intake(tmp_path, name):
+    """Such a layer loads and predicts, then failed every gradient method in the worker."""
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name=name)],
+                             name="inner")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, inner(keras.layers.Dense(3)(inputs)))
+    path = tmp_path / "named.keras"
+    model.save(path)
+    with pytest.raises(ModelIntakeError) as err:
+        load_model_safely(path)
+    assert err.value.code == "bad_layer_name"
+    assert "rename the layer" in err.value.message
+
+
+def test_layer_names_with_dots_dashes_and_digits_load(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense-1.v2_x")])
+    path = tmp_path / "ok.keras"
+    model.save(path)
+    loaded, _spec = load_model_safely(path)
+    assert loaded.layers[-1].name == "dense-1.v2_x"
