@@ -5,6 +5,7 @@ it by rewriting its creation time, so the test means the same on a loaded machin
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -22,7 +23,7 @@ def redis_client(redis_url):
 
 
 def test_lost_explain_message_is_sent_again_once_per_period(tmp_path, redis_url, redis_client,
-                                                            mlp_file):
+                                                            mlp_file, caplog):
     # A real Redis broker and no worker: the request times out and answers 202.
     app = make_app(tmp_path, CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url,
                    CELERY_TASK_ALWAYS_EAGER=False, EXPLAIN_TIMEOUT=0.2,
@@ -34,6 +35,9 @@ def test_lost_explain_message_is_sent_again_once_per_period(tmp_path, redis_url,
         "model_id": model_id, "instances": [[0.1, 0.2, 0.3, 0.4]],
         "method": "saliency"})
     assert r.status_code == 202, r.json
+    # An answer of 202 is the normal course of a long job: nothing is logged as a failure.
+    assert not [rec for rec in caplog.records
+                if rec.levelno >= logging.WARNING or rec.exc_info], caplog.text
     job_url = r.json["job_url"]
     assert redis_client.llen("attributions") == 1
 
