@@ -197,9 +197,10 @@ class _StageBars:
         if target > self.bar.n:
             self.bar.update(target - self.bar.n)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         if self.bar is not None:
-            self.bar.update(100 - self.bar.n)
+            if complete:
+                self.bar.update(100 - self.bar.n)
             self.bar.close()
             self.bar = None
 
@@ -309,13 +310,20 @@ def audit_cmd(model_path: str, data_path: str, label: str | None, sensitive: str
         config["sensitive"] = [c.strip() for c in sensitive.split(",") if c.strip()]
     config["seed"] = seed
     cfg = AuditConfig.from_dict(config)
+    if not Path(model_path).is_file():
+        # Said before the data is read (which loads TensorFlow): a mistyped path answers at once.
+        from explain.errors import ModelIntakeError
+
+        raise ModelIntakeError(f"no such model file: {model_path}", code="not_found")
     data = load_any(data_path, label=label, seed=seed, sensitive=cfg.sensitive)
     bars = _StageBars(enabled=not quiet)
     try:
         result = run_audit(model_path, data, cfg, progress=bars, previous=previous,
                            model_name=model_name)
-    finally:
-        bars.close()
+    except BaseException:
+        bars.close(complete=False)  # a failed stage is not shown as done
+        raise
+    bars.close()
     for line in _summary_lines(result):
         click.echo(line)
     for written in _write_outputs(result, out, json_out):

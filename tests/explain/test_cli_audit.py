@@ -136,3 +136,12 @@ def test_demo_trains_audits_and_finds_the_watermark(tmp_path):
     assert "shortcut_region" in codes
     assert report["verdict"]["level"] == "fail"
     assert out.stat().st_size < 3 * 1024 * 1024
+
+
+def test_a_missing_model_is_named_before_the_data_is_read(tmp_path):
+    r = CliRunner().invoke(main, ["audit", str(tmp_path / "nope.keras"), "--data",
+                                  str(tmp_path / "gone.npz"), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 2
+    errors = _error_lines(r)
+    assert len(errors) == 1 and "no such model file" in errors[0], r.stderr
+    assert "%|" not in r.stderr  # no progress bar was started
