@@ -82,11 +82,12 @@ def explain_cmd(model_path: str, data_path: str, label: str | None, sensitive: s
         msg += f"; max |completeness gap| {float(np.max(np.abs(res.completeness_gap))):.3g}"
     click.echo(msg)
     if spec.input_kind == "text" and data.vocabulary is not None:
-        # the highest-scoring tokens of each row, so the numbers can be read at a glance
+        # the tokens of each row that weigh most either way (a strong negative is as telling
+        # as a strong positive), so the numbers can be read at a glance
         ids = np.asarray(data.x[:rows]).astype(int)
         for r, (row, vals) in enumerate(zip(ids, res.values, strict=True)):
-            top = [j for j in np.argsort(-vals) if row[j] != 0][:3]
-            shown = ", ".join(f"{data.vocabulary[row[j]]} {vals[j]:+.3g}" for j in top)
+            top = [j for j in np.argsort(-np.abs(vals), kind="stable") if row[j] != 0][:3]
+            shown = ", ".join(f"{data.vocabulary[row[j]]} {vals[j]:+.3f}" for j in top)
             click.echo(f"row {r}: {shown}")
     if sensitive and data.sensitive and data.kind == "tabular" and data.feature_names:
         from explain.fairness import attribution_by_group, group_labels

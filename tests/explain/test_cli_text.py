@@ -26,6 +26,13 @@ def test_cli_inspect_and_explain_texts(tmp_path):
     values = np.load(tmp_path / "a.npy")
     assert values.shape == (2, 12) and np.all(values[:, 3:] == 0)
     assert "row 0:" in out.output and "src_wire" in out.output
+    # each row lists its three tokens of largest |attribution|, whatever their sign
+    for r in range(2):
+        line = next(ln for ln in out.output.splitlines() if ln.startswith(f"row {r}: "))
+        shown = sorted(abs(float(item.split()[-1])) for item in line[len(f"row {r}: "):]
+                       .split(", "))
+        real = np.sort(np.abs(values[r][values[r] != 0]))[::-1][:3]
+        np.testing.assert_allclose(sorted(real), shown, atol=6e-4)
 
 
 def test_cli_ids_model_needs_a_vocabulary_for_texts(tmp_path):
