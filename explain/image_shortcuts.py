@@ -36,7 +36,7 @@ and the drop on the other classes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,17 +70,6 @@ class ShortcutSettings:
     random_regions: int = 8
     max_rows: int = 96
     seed: int = 0
-
-    @classmethod
-    def from_config(cls, overrides: Mapping[str, Any] | None) -> ShortcutSettings:
-        if not overrides:
-            return cls()
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown shortcut setting(s) {sorted(unknown)}; "
-                             f"known: {sorted(known)}")
-        return cls(**dict(overrides))
 
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (end-exclusive)

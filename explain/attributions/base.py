@@ -125,6 +125,20 @@ def _activation_name(layer: keras.layers.Layer) -> str | None:
     return getattr(act, "__name__", str(act))
 
 
+def linear_twin(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The pre-activation of ``layer``: a twin with a linear activation and the same
+    weights (copied now; copy again after training), or None for a Softmax/Activation
+    layer, whose input already is its pre-activation."""
+    if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+        return None
+    cfg = layer.get_config()
+    cfg["activation"] = "linear"
+    twin = layer.__class__.from_config(cfg)
+    twin.build(tuple(layer.input.shape))
+    twin.set_weights(layer.get_weights())
+    return twin
+
+
 class ModelFunction:
     """A Keras model seen as ``f(x) -> (N, K)``: one output head, optionally pre-softmax.
 
@@ -183,14 +197,8 @@ class ModelFunction:
             )
         # The pre-activation is computed by a twin of the final layer with a linear
         # activation and the same weights; an Activation/Softmax layer is simply skipped.
-        if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
-            twin = None
-        else:
-            cfg = layer.get_config()
-            cfg["activation"] = "linear"
-            twin = layer.__class__.from_config(cfg)
-            twin.build(tuple(layer.input.shape))
-            twin.set_weights(layer.get_weights())
+        twin = linear_twin(layer)
+        if twin is not None:
             self._twin = (layer, twin)
         if isinstance(model, keras.Sequential):
             body = model.layers[:-1]

@@ -32,6 +32,7 @@ from explain.attributions.base import (
     _output_layer,
     check_bool,
     gather_targets,
+    linear_twin,
     model_input_shape,
 )
 from explain.attributions.registry import register
@@ -187,18 +188,13 @@ def _logit_head(mf: ModelFunction) -> tuple[keras.layers.Layer, Callable, Callab
     if not mf.logits:
         return None
     layer = _output_layer(mf.model, mf.output_index)
-    if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+    twin = linear_twin(layer)
+    if twin is None:
         return layer, lambda h, **_: h, lambda: None
-    # Same weights, linear activation: the values the softmax/sigmoid would have squashed.
-    cfg = layer.get_config()
-    cfg["activation"] = "linear"
-    twin = layer.__class__.from_config(cfg)
-    twin.build(tuple(layer.input.shape))
 
     def sync():
         twin.set_weights(layer.get_weights())
 
-    sync()
     return layer, lambda h, **_: twin(h), sync
 
 
