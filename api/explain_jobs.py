@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -88,18 +89,18 @@ def fail_running(kind: str, row_id: str, code: str, message: str) -> bool:
 
 
 class Heartbeat:
-    """Refreshes a claimed row's ``heartbeat_at`` every ``every`` seconds from a thread,
-    while this attempt holds it."""
+    """Calls ``beat()`` (one compare-and-set that refreshes a claimed row's
+    ``heartbeat_at``) every ``every`` seconds from a thread, in the app's context, while
+    the work runs; audits and explain jobs both use it."""
 
-    def __init__(self, table, row_id: str, attempt: int, every: float):
+    def __init__(self, beat: Callable[[], Any], every: float, name: str):
         from flask import current_app
 
         self.app = current_app._get_current_object()
-        self.table, self.row_id, self.attempt = table, row_id, attempt
-        self.every = max(0.2, every)
+        self.beat, self.every, self.name = beat, every, name
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name=f"heartbeat-{row_id}")
+                                       name=f"heartbeat-{name}")
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
@@ -110,15 +111,25 @@ class Heartbeat:
         self.thread.join(timeout=10)
 
     def _run(self) -> None:
-        t = self.table
         while not self.stopped.wait(self.every):
             try:
-                with self.app.app_context(), db.engine().begin() as conn:
-                    conn.execute(update(t).where(t.id == self.row_id, t.status == "running",
-                                                 t.attempts == self.attempt)
-                                 .values(heartbeat_at=db.utcnow()))
+                with self.app.app_context():
+                    self.beat()
             except Exception:
-                log.warning("%s: heartbeat write failed", self.row_id, exc_info=True)
+                log.warning("%s: heartbeat write failed", self.name, exc_info=True)
+
+
+def explain_heartbeat(job_id: str, attempt: int, every: float) -> Heartbeat:
+    """A heartbeat for the explain job this attempt holds."""
+    t = db.ExplainJob
+
+    def beat() -> None:
+        with db.engine().begin() as conn:
+            conn.execute(update(t).where(t.id == job_id, t.status == "running",
+                                         t.attempts == attempt)
+                         .values(heartbeat_at=db.utcnow()))
+
+    return Heartbeat(beat, max(0.2, every), f"explain {job_id}")
 
 
 def recover_explain(job: db.ExplainJob, *, resend_after: float, stale_after: float,

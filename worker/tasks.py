@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from typing import Any
 
@@ -184,7 +183,7 @@ def _explain_job(job_id: str) -> dict[str, Any]:
     method = req.get("method", "integrated_gradients")
     values: dict[str, Any]
     try:
-        with claims.Heartbeat(db.ExplainJob, job_id, attempt, stale_after / 4), \
+        with claims.explain_heartbeat(job_id, attempt, stale_after / 4), \
                 watchdog.guard("explain", job_id, soft=float(cfg["EXPLAIN_SOFT_TIME_LIMIT"]),
                                hard=float(cfg["EXPLAIN_TIME_LIMIT"])):
             model, spec = load_model_row(model_row)
@@ -366,38 +365,18 @@ class _Progress:
         return self.timings
 
 
-class _Heartbeat:
+def _audit_heartbeat(audit_id: str, attempt: int):
     """Refreshes a claimed audit's heartbeat from a thread while it runs.
 
     Progress reports come only between steps, and one step (SHAP on large images, say)
     can outlast ``AUDIT_STALE_AFTER``; without this a live worker would look dead and
     its audit be started again. Only the run that holds the claim (same attempt) beats.
     """
+    from api.explain_jobs import Heartbeat
 
-    def __init__(self, audit_id: str, attempt: int):
-        self.app = current_app._get_current_object()
-        self.audit_id, self.attempt = audit_id, attempt
-        stale = heartbeat_stale_after(self.app.config)
-        self.every = min(60.0, max(0.5, stale / 4))
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name=f"heartbeat-{audit_id}")
-
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self.stopped.wait(self.every):
-            try:
-                with self.app.app_context():
-                    lifecycle.heartbeat(self.audit_id, self.attempt)
-            except Exception:
-                log.warning("audit %s: heartbeat write failed", self.audit_id, exc_info=True)
+    stale = heartbeat_stale_after(current_app.config)
+    return Heartbeat(lambda: lifecycle.heartbeat(audit_id, attempt),
+                     min(60.0, max(0.5, stale / 4)), f"audit {audit_id}")
 
 
 def load_previous(audit: db.Audit):
@@ -457,7 +436,7 @@ def _run_audit(task, audit_id: str) -> dict[str, Any]:
     from worker import watchdog
 
     cfg = current_app.config
-    with _Heartbeat(audit_id, int(audit.attempts or 1)):
+    with _audit_heartbeat(audit_id, int(audit.attempts or 1)):
         if fanout_enabled():
             return _start_fanout(audit_id, audit, model_row, dataset_row, progress)
         with watchdog.guard("audit", audit_id, soft=float(cfg["AUDIT_SOFT_TIME_LIMIT"]),
@@ -635,7 +614,7 @@ def audit_chunk(self, audit_id: str, attempt: int, plan_key: str, method: str, s
     t0 = time.monotonic()
     try:
         _advance(audit_id, attempt, 0.0)  # alive from the start, not one beat period later
-        with _Heartbeat(audit_id, attempt):
+        with _audit_heartbeat(audit_id, attempt):
             plan = AuditPlan.from_bytes(blobs().read_bytes(plan_key))
             audit = db.session().get(db.Audit, audit_id)
             loaded = load_model_row(db.session().get(db.ModelRow, audit.model_id))
@@ -715,7 +694,7 @@ def _audit_assess(results, audit_id, attempt, plan_key, prepare_timings):
         progress("storing", 0.99)
         return _store_result(result)
 
-    with _Heartbeat(audit_id, attempt):
+    with _audit_heartbeat(audit_id, attempt):
         keys = _guarded(audit_id, "assess", work)
     if keys is None:
         return {"status": AuditStatus.FAILED.value}
