@@ -100,6 +100,10 @@ class ModelRow(Base):
     size: Mapped[int] = mapped_column(Integer)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # An optional background sample uploaded with the model (the file as sent, checked
+    # against the model first): model-agnostic SHAP in /explain measures against it.
+    background_key: Mapped[str | None] = mapped_column(String(80))
+    background_rows: Mapped[int | None] = mapped_column(Integer)
 
 
 class DatasetRow(Base):

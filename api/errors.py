@@ -48,9 +48,10 @@ def error_body(status: int, code: str, message: str, detail: Any = None) -> dict
     return {"error": err}
 
 
-def abort(status: int, code: str, message: str) -> None:
-    """Stop the request with a JSON error (never returns)."""
-    _abort(status, message, extra_data={"code": code})
+def abort(status: int, code: str, message: str, detail: dict[str, Any] | None = None) -> None:
+    """Stop the request with a JSON error (never returns); ``detail`` (422 only) is sent
+    as ``error.detail``."""
+    _abort(status, message, detail=detail, extra_data={"code": code})
 
 
 def _validation_message(detail: Any) -> str:

@@ -35,6 +35,14 @@ class ErrorOut(Schema):
 class ModelUploadIn(Schema):
     file = File(required=True, metadata={"description": "A .keras or .h5 model file."})
     name = Name(required=True)
+    background = File(metadata={
+        "description": "Optional: a background sample stored with the model (.npz with "
+                       "array x, .npy, or .csv with a header row), rows of the model's "
+                       "inputs only: shaped like its input, finite, at most 1000 rows. "
+                       "Model-agnostic SHAP in /explain measures against it when the "
+                       "request sends no background of its own. Refused with 422 "
+                       "bad_background (the reason in error.detail.reason) and nothing "
+                       "stored."})
 
 
 class DatasetUploadIn(Schema):
@@ -56,6 +64,9 @@ class ArtifactOut(Schema):
     size = Integer()
     spec = Dict()
     created_at = String()
+    background = Dict(allow_none=True, metadata={
+        "description": "Models only: the stored background sample, {rows, sha256}, or "
+                       "null when the model was uploaded without one."})
 
 
 class ArtifactListOut(Schema):
@@ -111,8 +122,10 @@ class ExplainIn(Schema):
     options = Dict(keys=String(), load_default=dict)
     background = List(Raw(), load_default=None, allow_none=True, metadata={
         "description": "Rows from the model's data, shaped like instances: the background "
-                       "of model-agnostic SHAP. Without it SHAP uses the model's latest "
-                       "audited dataset, and answers 422 no_background when there is none."})
+                       "of model-agnostic SHAP. Without it SHAP uses the background stored "
+                       "with the model, else the model's latest audited dataset, and "
+                       "answers 422 no_background when there is none. The answer's "
+                       "`background` says which was used."})
 
 
 class ExplainOut(Schema):
@@ -126,6 +139,11 @@ class ExplainOut(Schema):
     scores = Raw(allow_none=True)
     completeness_gap = Raw(allow_none=True)
     shape = Raw(allow_none=True)
+    background = Raw(allow_none=True, metadata={
+        "description": "Model-agnostic SHAP: the background it measured against, "
+                       "{source, rows} with source `request` (the caller's rows), `model` "
+                       "(stored with the model at upload) or `dataset` (the model's latest "
+                       "audited dataset, also `dataset_id`)."})
     token_ids = Raw(allow_none=True, metadata={
         "description": "Text models: the token ids each row was explained on (N, T)."})
     tokens = Raw(allow_none=True, metadata={

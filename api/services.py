@@ -71,13 +71,17 @@ def next_version(session: Session, model: type[db.Base], tenant_id: str, name: s
 
 
 def insert_versioned(session: Session, model: type[db.Base], blob_created: bool,
-                     blob_key: str, **fields: Any):
+                     blob_key: str, extra_blobs: list[str] | tuple[str, ...] = (),
+                     **fields: Any):
     """Insert a new version of a named artifact; the version is max+1 for (tenant, name).
 
     Two uploads of the same name at once race for the same version: the unique constraint
     rejects the loser, which retries with the next number. When no row can be written, a
-    blob this upload created is deleted, so a refused upload leaves nothing behind.
+    blob this upload created is deleted (``blob_key`` when ``blob_created``, and every key
+    of ``extra_blobs``, e.g. a model's background sample), so a refused upload leaves
+    nothing behind.
     """
+    created = ([blob_key] if blob_created else []) + list(extra_blobs)
     try:
         for _attempt in range(8):
             version = next_version(session, model, fields["tenant_id"], fields["name"])
@@ -90,11 +94,11 @@ def insert_versioned(session: Session, model: type[db.Base], blob_created: bool,
                 session.rollback()
     except BaseException:
         session.rollback()
-        if blob_created:
-            blobs().delete(blob_key)
+        for key in created:
+            blobs().delete(key)
         raise
-    if blob_created:
-        blobs().delete(blob_key)
+    for key in created:
+        blobs().delete(key)
     abort(409, "conflict", "too many concurrent uploads of this name; try again")
     return None  # unreachable: abort raises
 
@@ -120,7 +124,15 @@ def artifact_json(row: db.ModelRow | db.DatasetRow, kind: str) -> dict[str, Any]
         "spec": row.spec,
         "created_at": db.iso(row.created_at),
         "url": url_for(f"{kind}.get_{kind[:-1]}", object_id=row.id),
+        **({"background": model_background_json(row)} if kind == "models" else {}),
     }
+
+
+def model_background_json(row: db.ModelRow) -> dict[str, Any] | None:
+    """The background sample stored with a model: its row count and file hash, or None."""
+    if not row.background_key:
+        return None
+    return {"rows": row.background_rows, "sha256": row.background_key[:64]}
 
 
 # --------------------------------------------------------------------------- audits

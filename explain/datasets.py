@@ -932,6 +932,68 @@ def validate_for_model(dataset: Dataset, spec: Any) -> Dataset:
     return dataclasses.replace(dataset, x=x, y=y, kind=kind)
 
 
+#: Most rows of a background sample stored with a model. A background is a reference
+#: sample (SHAP draws at most a few dozen rows of it per request), not a data set.
+MAX_BACKGROUND_ROWS = 1000
+
+
+def load_background(path: str | os.PathLike, spec: Any,
+                    max_rows: int = MAX_BACKGROUND_ROWS,
+                    environ: Mapping[str, str] | None = None) -> Dataset:
+    """Read a background sample for a model: rows of its inputs, nothing else.
+
+    The file is read as :func:`load_data_file` reads a data set (``.npz``, ``.npy``,
+    ``.csv`` with a header; no pickle, declared sizes checked first), then held to the
+    model strictly: every row shaped like the model's input, finite, at most
+    ``max_rows`` rows. Labels in the file are dropped (a background is inputs only).
+
+    Parameters
+    ----------
+    path
+        The file.
+    spec
+        The model's :class:`explain.modelio.ModelSpec` (or an object with its attributes).
+    max_rows
+        Most rows accepted.
+    environ
+        Where the data size caps are read (see :func:`load_data_file`).
+
+    Returns
+    -------
+    Dataset
+        ``x`` float32 ``(N, ...)`` ready for the model, ``y`` None.
+
+    Raises
+    ------
+    DataError
+        The data file codes of :func:`load_data_file` and :func:`validate_for_model`
+        (``bad_format``, ``pickled_data``, ``empty``, ``bad_shape``, ``non_finite``), and
+        ``too_many_rows`` or ``bad_data`` (a text model, which takes no background).
+    """
+    if getattr(spec, "input_kind", None) == "text":
+        raise DataError("text models take no background sample: their SHAP masks tokens "
+                        "with the padding id", code="bad_data")
+    ds = load_data_file(path, environ=environ)
+    if ds.texts is not None:
+        raise DataError("a background holds numbers shaped like the model's input, not "
+                        "texts", code="bad_data")
+    if ds.n > max_rows:
+        raise DataError(f"the background has {ds.n} rows; at most {max_rows} are kept "
+                        "with a model (a representative sample, e.g. 100 training rows)",
+                        code="too_many_rows")
+    ds = dataclasses.replace(ds, y=None, sensitive=None)
+    try:
+        return validate_for_model(ds, spec)
+    except DataError as exc:
+        if exc.code != "bad_shape":
+            raise
+        want = _spec_row_shape(spec, ds.x.ndim) or ()
+        raise DataError(f"the background rows must have the model's input shape "
+                        f"{_fmt_shape((None, *want))}, got {_fmt_shape(ds.x.shape)}; a "
+                        "background holds the model's inputs only (no label column)",
+                        code="bad_shape") from None
+
+
 #: Column names that usually hold the label, for the hint of :func:`_label_hint`.
 _LABEL_LIKE = ("label", "labels", "target", "y", "class", "outcome", "churn", "default")
 

@@ -132,18 +132,31 @@ def sized_audit_config(spec: dict[str, Any] | None, config: dict[str, Any],
     return config
 
 
-#: Background rows drawn from a dataset for model-agnostic SHAP in /explain (tables).
+#: Background rows drawn from a dataset (or a stored background sample) for model-agnostic
+#: SHAP in /explain (tables).
 BACKGROUND_ROWS = 50
 
 
-def dataset_background(session, tenant_id: str, dataset_id: str, spec) -> np.ndarray:
-    """SHAP's background from one of the tenant's datasets, fitted to the model.
+def background_from(x: np.ndarray) -> np.ndarray:
+    """SHAP's background from rows of the model's data.
 
     Tables: ``BACKGROUND_ROWS`` rows drawn with a fixed seed. Images: one image of the
-    dataset's mean colour per channel, SHAP's usual image background (a removed region
-    is greyed out to the data's mean colour), here from the data rather than the rows
+    rows' mean colour per channel, SHAP's usual image background (a removed region is
+    greyed out to the data's mean colour), here from the data rather than the rows
     being explained.
     """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 4:
+        return np.broadcast_to(x.mean(axis=(0, 1, 2), keepdims=True),
+                               (1, *x.shape[1:])).astype(np.float32)
+    rng = np.random.default_rng(0)
+    take = np.sort(rng.choice(len(x), min(BACKGROUND_ROWS, len(x)), replace=False))
+    return x[take]
+
+
+def dataset_background(session, tenant_id: str, dataset_id: str, spec) -> np.ndarray:
+    """SHAP's background from one of the tenant's datasets, fitted to the model
+    (:func:`background_from`)."""
     from explain.datasets import load_data_file, validate_for_model
     from explain.errors import DataError
 
@@ -153,13 +166,21 @@ def dataset_background(session, tenant_id: str, dataset_id: str, spec) -> np.nda
                         "'background' rows with the request", code="no_background")
     data = validate_for_model(load_data_file(blobs().path(row.blob_key), label=row.label),
                               spec)
-    x = np.asarray(data.x, dtype=np.float32)
-    if x.ndim == 4:
-        return np.broadcast_to(x.mean(axis=(0, 1, 2), keepdims=True),
-                               (1, *x.shape[1:])).astype(np.float32)
-    rng = np.random.default_rng(0)
-    take = np.sort(rng.choice(len(x), min(BACKGROUND_ROWS, len(x)), replace=False))
-    return x[take]
+    return background_from(data.x)
+
+
+def model_background(model_row: db.ModelRow, spec) -> np.ndarray:
+    """SHAP's background from the sample stored with the model at upload (checked then
+    against the model; read again with the same checks, as files are untrusted)."""
+    from explain.datasets import load_background
+    from explain.errors import DataError
+
+    if not model_row.background_key or not blobs().exists(model_row.background_key):
+        raise DataError("the model's stored background is gone; send 'background' rows "
+                        "with the request", code="no_background")
+    path = blobs().path(model_row.background_key)
+    return background_from(
+        load_background(path, spec, environ=policy_environ(current_app.config)).x)
 
 
 def _explain_job(job_id: str) -> dict[str, Any]:
@@ -191,11 +212,20 @@ def _explain_job(job_id: str) -> dict[str, Any]:
             texts = bool(instances) and isinstance(instances[0], str)
             x = (np.asarray(instances, dtype=str) if texts
                  else np.asarray(instances, dtype=np.float32))
+            background = None
             if not texts and req.get("background") is not None:
                 options["background"] = np.asarray(req["background"], dtype=np.float32)
+                background = {"source": "request"}
+            elif not texts and req.get("background_source") == "model":
+                options["background"] = model_background(model_row, spec)
+                background = {"source": "model"}
             elif not texts and req.get("background_dataset_id"):
                 options["background"] = dataset_background(
                     session, job.tenant_id, req["background_dataset_id"], spec)
+                background = {"source": "dataset",
+                              "dataset_id": req["background_dataset_id"]}
+            if background is not None:
+                background["rows"] = int(len(options["background"]))
             target = req.get("target")
             if isinstance(target, list):
                 target = np.asarray(target, dtype=np.int64)
@@ -224,6 +254,8 @@ def _explain_job(job_id: str) -> dict[str, Any]:
                 "completeness_gap": (None if att.completeness_gap is None
                                      else _finite_list(att.completeness_gap)),
             }
+            if background is not None:
+                result["background"] = background
             if token_ids is not None:
                 result["token_ids"] = np.asarray(token_ids).astype(int).tolist()
                 vocab = tm.vocabulary()

@@ -154,8 +154,10 @@ def background_source(model_row: db.ModelRow, method: str, options: dict[str, An
     SHAP values are measured against a background from the model's data. Drawn from the
     submitted rows (the engine's default when it has nothing else), one row yields all
     zeros, and a few rows yield values about the wrong reference. So, in this order: the
-    rows the caller sends (``background``), or the model's latest audited dataset; with
-    neither, the request is refused (422 ``no_background``) rather than answered wrong.
+    rows the caller sends (``background``), the background sample stored with the model
+    at upload, or the model's latest audited dataset; with none, the request is refused
+    (422 ``no_background``) rather than answered wrong. ``background_source`` on the job
+    names the one used, and the answer reports it.
     """
     from explain.attributions import METHODS, method_info
 
@@ -172,17 +174,20 @@ def background_source(model_row: db.ModelRow, method: str, options: dict[str, An
     if background is not None:
         rows = validate_instances(background, spec, max_rows=MAX_BACKGROUND_ROWS,
                                   what="background rows")
-        return {"background": rows.tolist()}
+        return {"background": rows.tolist(), "background_source": "request"}
+    if model_row.background_key:
+        return {"background_source": "model"}
     audit = db.session().scalars(
         db.scoped(db.Audit, model_row.tenant_id)
         .where(db.Audit.model_id == model_row.id, db.Audit.status == "succeeded")
         .order_by(db.Audit.created_at.desc())).first()
     if audit is not None:
-        return {"background_dataset_id": audit.dataset_id}
+        return {"background_dataset_id": audit.dataset_id, "background_source": "dataset"}
     abort(422, "no_background",
           "model-agnostic SHAP needs background rows from the model's data: send "
-          "'background' (rows shaped like instances, e.g. 50 training rows), or audit this "
-          "model on a dataset first (its latest audited dataset is then used)")
+          "'background' (rows shaped like instances, e.g. 50 training rows), upload the "
+          "model with a background file, or audit this model on a dataset first (its "
+          "latest audited dataset is then used)")
 
 
 def job_json(job: db.ExplainJob) -> dict[str, Any]:

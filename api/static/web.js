@@ -139,6 +139,7 @@
       }
       if (spec.task) addRow(list, "task", String(spec.task));
       if (spec.n_params !== undefined) addRow(list, "parameters", String(spec.n_params));
+      addRow(list, "background", item.background ? item.background.rows + " rows" : "none");
     } else {
       if (spec.rows !== undefined) addRow(list, "rows", String(spec.rows));
       if (spec.row_shape) addRow(list, "row shape", shapeText(spec.row_shape));
@@ -160,7 +161,7 @@
     const form = event.currentTarget;
     const kind = form.dataset.kind;
     const what = kind === "models" ? "Model upload" : "Dataset upload";
-    const fileInput = form.querySelector("input[type=file]");
+    const fileInput = form.querySelector("input[name=file]");
     const file = fileInput.files[0];
     if (!file) {
       showError(what + ":", "choose a file first");
@@ -173,6 +174,10 @@
     if (label && label.value.trim()) data.append("label", label.value.trim());
     const sensitive = form.querySelector("input[name=sensitive]");
     if (sensitive && sensitive.value.trim()) data.append("sensitive", sensitive.value.trim());
+    const background = form.querySelector("input[name=background]");
+    if (background && background.files[0]) {
+      data.append("background", background.files[0], background.files[0].name);
+    }
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     button.setAttribute("aria-busy", "true");

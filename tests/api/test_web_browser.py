@@ -168,10 +168,13 @@ def test_upload_audit_and_open_the_report_in_the_browser(server, files, browser_
 
     # The model that is audited: version 2, a plain Keras name (TensorFlow refuses to
     # trace a model whose name is not a valid scope name), the same hostile file name.
+    # It goes up with a background sample (the dataset's 40 rows), shown with the model.
     page.set_input_files("#model-file", str(model_path))
+    page.set_input_files("#model-background", str(data_path))
     page.click("#model-form button[type=submit]")
     expect(page.locator("#model-result")).to_contain_text("mlp version 2 stored", timeout=120_000)
     assert HOSTILE in page.text_content("#model-result")
+    assert re.search(r"background\s*40 rows", page.text_content("#model-result"))
 
     # Upload the dataset (a hostile feature name).
     page.fill("#dataset-name", "rows")
