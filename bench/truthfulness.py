@@ -25,6 +25,7 @@ off (no shortcut rule reads them, and they are the slow part).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -281,19 +282,79 @@ def judge(case: Case, test, report: dict[str, Any]) -> dict[str, Any]:
     return {"ok": ok, "found": found, "n_findings": len(hits)}
 
 
+_CANDIDATE_KEYS = ("class", "region", "box", "method", "mass_share", "consistency",
+                   "ablation_drop", "random_region_drop", "other_classes_drop",
+                   "content_spread", "random_content_spread", "passed")
+
+
+def _attention_at(maps, groups, truth: dict[str, int], settings) -> dict[str, Any]:
+    """Per class and method, the attention values of the best candidate box overlapping the
+    planted mark: what the attention gates saw there, whether or not it was nominated."""
+    from explain.image_shortcuts import box_shares, candidate_boxes, overlaps
+
+    first = next(iter(maps.values()))
+    h, w = first.shape[1:3]
+    t = (truth["y0"], truth["y1"], truth["x0"], truth["x1"])
+    boxes = [b for _, b in candidate_boxes(h, w, settings) if overlaps(b, t)]
+    area = np.array([(b[1] - b[0]) * (b[3] - b[2]) / (h * w) for b in boxes])
+    out: dict[str, Any] = {}
+    for method, m in maps.items():
+        shares = box_shares(m, boxes)
+        for g in np.unique(groups):
+            s = shares[groups == g]
+            mean = s.mean(axis=0)
+            cons = (s >= settings.min_lift * area[None, :]).mean(axis=0)
+            i = int(np.argmax(mean / area))
+            out[f"{int(g)}/{method}"] = {"mass_share": round(float(mean[i]), 3),
+                                         "consistency": round(float(cons[i]), 3),
+                                         "lift": round(float(mean[i] / area[i]), 2)}
+    return out
+
+
 def run_case(case: Case, folder: Path) -> dict[str, Any]:
+    import explain.image_shortcuts as image_shortcuts
     from explain.audit import run_audit
 
     t0 = time.perf_counter()
     path, test, facts = train_case(case, folder)
     t1 = time.perf_counter()
-    result = run_audit(path, test, {"seed": 0, "quality": {
-        "faithfulness": False, "randomization": False, "stability": False}})
+    # The audit reports only the shortcuts that passed; the bench also keeps every
+    # candidate the test weighed (and, on planted images, the attention at the mark), so
+    # a miss or a false alarm comes with the values that decided it. A wrapper around the
+    # module function is the least intrusive way to see them.
+    weighed: list[dict[str, Any]] = []
+    attention: dict[str, Any] = {}
+    original = image_shortcuts.find_shortcuts
+
+    def recording(maps, map_groups, *args, **kwargs):
+        found, tested = original(maps, map_groups, *args, **kwargs)
+        weighed.extend(tested)
+        if case.kind == "image" and case.planted:
+            settings = inspect.signature(original).bind(
+                maps, map_groups, *args, **kwargs).arguments.get("settings")
+            attention.update(_attention_at(maps, np.asarray(map_groups),
+                                           test.meta["mark_box"],
+                                           settings or image_shortcuts.ShortcutSettings()))
+        return found, tested
+
+    image_shortcuts.find_shortcuts = recording
+    try:
+        result = run_audit(path, test, {"seed": 0, "quality": {
+            "faithfulness": False, "randomization": False, "stability": False}})
+    finally:
+        image_shortcuts.find_shortcuts = original
     t2 = time.perf_counter()
     verdict = judge(case, test, result.report)
-    return {"case": case.name, "kind": case.kind, "planted": case.planted, "note": case.note,
-            **verdict, "facts": facts, "train_s": round(t1 - t0, 1),
-            "audit_s": round(t2 - t1, 1)}
+    row = {"case": case.name, "kind": case.kind, "planted": case.planted, "note": case.note,
+           **verdict, "facts": facts, "train_s": round(t1 - t0, 1),
+           "audit_s": round(t2 - t1, 1)}
+    if case.kind == "image":
+        truth = test.meta["mark_box"]
+        row["candidates"] = [dict({k: c[k] for k in _CANDIDATE_KEYS},
+                                  at_mark=_overlap(c["box"], truth)) for c in weighed]
+        if case.planted:
+            row["attention_at_mark"] = attention
+    return row
 
 
 def summarize(rows: list[dict[str, Any]]) -> str:
