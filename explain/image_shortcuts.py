@@ -36,10 +36,12 @@ and the drop on the other classes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+
+from explain.errors import ConfigError, ConfigTypeError
 
 ALL_CLASSES = -1
 
@@ -70,6 +72,82 @@ class ShortcutSettings:
     random_regions: int = 8
     max_rows: int = 96
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, overrides: Mapping[str, Any] | None, seed: int = 0
+                    ) -> ShortcutSettings:
+        """Defaults with an audit config's ``image_shortcuts`` overrides applied.
+
+        ``seed`` is the audit's own seed, not an override. Raises ConfigError for an
+        unknown name or an out-of-range value and ConfigTypeError for a wrong type, the
+        way :meth:`explain.findings.FindingThresholds.from_config` does.
+        """
+        if overrides is None:
+            return cls(seed=seed)
+        if not isinstance(overrides, Mapping):
+            raise ConfigTypeError(f"config image_shortcuts must be a mapping of settings, "
+                                  f"got {overrides!r:.200}")
+        unknown = set(overrides) - set(_SETTING_RANGES)
+        if unknown:
+            raise ConfigError(f"unknown image shortcut setting(s) {sorted(unknown)}; known: "
+                              f"{sorted(_SETTING_RANGES)}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in overrides.items():
+            low, high = _SETTING_RANGES[name]
+            kind = kinds[name]
+            if kind.startswith("tuple"):
+                if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)
+                        or not all(_is_number(v) for v in value)):
+                    raise ConfigTypeError(f"image_shortcuts.{name} must be a list of "
+                                          f"numbers, got {value!r:.200}")
+                if not value:
+                    raise ConfigError(f"image_shortcuts.{name} is empty")
+                items = tuple(float(v) for v in value)
+            elif kind == "int":
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ConfigTypeError(f"image_shortcuts.{name} must be an integer, "
+                                          f"got {value!r:.200}")
+                items = (int(value),)
+            else:
+                if not _is_number(value):
+                    raise ConfigTypeError(f"image_shortcuts.{name} must be a number, "
+                                          f"got {value!r:.200}")
+                items = (float(value),)
+            bad = [v for v in items if not (low <= v <= high)]
+            if bad:
+                raise ConfigError(f"image_shortcuts.{name} must lie in [{low}, {high}], "
+                                  f"got {value!r:.200}")
+            values[name] = items if kind.startswith("tuple") else items[0]
+        return cls(**values, seed=seed)
+
+
+def _is_number(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
+                                                                np.floating))
+            and bool(np.isfinite(value)))
+
+
+#: What an audit config may override, with the closed range each setting must lie in.
+#: Fractions and shares are of the image side, area or examples; the sizes bound the
+#: ablation work (predictions on up to ``max_rows × (1 + random_regions)`` images per
+#: candidate). ``seed`` is left out: the audit's own seed sets it.
+_SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "square_fractions": (0.01, 0.99),
+    "band_fractions": (0.01, 0.5),
+    "stride_fraction": (0.01, 1.0),
+    "min_mass_share": (0.0, 1.0),
+    "min_lift": (0.0, 1000.0),
+    "min_consistency": (0.0, 1.0),
+    "min_examples": (1, 10_000),
+    "candidates_per_group": (1, 64),
+    "min_drop": (0.0, 1.0),
+    "min_drop_ratio": (0.0, 1000.0),
+    "min_specificity": (0.0, 1000.0),
+    "max_spread_ratio": (0.0, 1000.0),
+    "random_regions": (1, 256),
+    "max_rows": (1, 100_000),
+}
 
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (end-exclusive)

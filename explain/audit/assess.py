@@ -203,7 +203,9 @@ def _image_shortcuts(ctx: AuditContext, image_maps: Mapping[str, np.ndarray]
 
     found, _tested = find_shortcuts(image_maps, np.asarray(ctx.preds), ctx.x,
                                     np.asarray(ctx.pred_all), proba,
-                                    ShortcutSettings(seed=ctx.config.seed), ctx.class_names)
+                                    ShortcutSettings.from_config(ctx.config.image_shortcuts,
+                                                                 seed=ctx.config.seed),
+                                    ctx.class_names)
     return found
 
 

@@ -93,6 +93,10 @@ class AuditConfig:
         Seeds the choice of examples, backgrounds, random orders and weight shuffles.
     thresholds
         Overrides of :class:`explain.findings.FindingThresholds`.
+    image_shortcuts
+        Overrides of :class:`explain.image_shortcuts.ShortcutSettings` (the candidate
+        regions and the attention, ablation and fixed-pattern gates of the image
+        shortcut test), e.g. ``{"min_mass_share": 0.1, "min_drop": 0.05}``.
     quality
         Switches of the quality checks (see :data:`QUALITY_CHECKS`).
     method_options
@@ -118,6 +122,7 @@ class AuditConfig:
     batch_size: int = 256
     seed: int = 0
     thresholds: dict[str, float] = field(default_factory=dict)
+    image_shortcuts: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, bool] = field(default_factory=lambda: dict(QUALITY_CHECKS))
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     sensitive: tuple[str, ...] | None = None
@@ -156,6 +161,9 @@ class AuditConfig:
         if not isinstance(self.thresholds, Mapping):
             raise ConfigTypeError(f"config thresholds must be a mapping, got {self.thresholds!r}")
         FindingThresholds.from_config(self.thresholds)  # raises on unknown names / types
+        from explain.image_shortcuts import ShortcutSettings
+
+        ShortcutSettings.from_config(self.image_shortcuts)  # the same, and ranges
         if not isinstance(self.quality, Mapping):
             raise ConfigTypeError(f"config quality must be a mapping, got {self.quality!r}")
         unknown = set(self.quality) - set(QUALITY_CHECKS)
@@ -224,7 +232,7 @@ class AuditConfig:
             values["methods"] = tuple(values["methods"])
         if isinstance(values.get("sensitive"), list):
             values["sensitive"] = tuple(values["sensitive"])
-        for key in ("thresholds", "quality", "method_options", "fairness"):
+        for key in ("thresholds", "image_shortcuts", "quality", "method_options", "fairness"):
             if values.get(key) is None:
                 values.pop(key, None)
         return cls(**values)

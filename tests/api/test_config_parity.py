@@ -23,6 +23,10 @@ BAD = [
     ({"method_options": {"lime": {}}}, "bad_config"),
     ({"method_options": {"integrated_gradients": {"stepz": 8}}}, "bad_config"),
     ({"thresholds": {"drift_min_ndcg": "high"}}, "bad_config"),
+    ({"image_shortcuts": {"min_mass": 0.1}}, "bad_config"),
+    ({"image_shortcuts": {"min_drop": "high"}}, "bad_config"),
+    ({"image_shortcuts": {"min_consistency": 1.5}}, "bad_config"),
+    ({"image_shortcuts": [0.1]}, "bad_config"),
 ]
 
 
@@ -78,4 +82,10 @@ def test_a_good_config_is_accepted(client, auth, ids):
     r = client.post("/api/v1/audits", headers=auth,
                     json={"model_id": model_id, "dataset_id": dataset_id,
                           "config": {"samples": 4, "methods": ["saliency"]}})
+    assert r.status_code == 202, r.json
+    # Image shortcut settings are part of the config, checked the same way.
+    r = client.post("/api/v1/audits", headers=auth,
+                    json={"model_id": model_id, "dataset_id": dataset_id,
+                          "config": {"image_shortcuts": {"min_mass_share": 0.1,
+                                                         "random_regions": 4}}})
     assert r.status_code == 202, r.json

@@ -10,7 +10,7 @@ import pytest
 
 from explain.audit import STAGES, AuditConfig, choose_examples, run_audit, stage_span
 from explain.datasets import LEAKY_FEATURE, SHAPE_CLASSES, SHAPE_CORNERS, Dataset
-from explain.errors import DataError, ModelIntakeError
+from explain.errors import ConfigError, ConfigTypeError, DataError, ModelIntakeError
 from explain.result import AuditResult
 from reports import validate_report
 from tests import hostile, models
@@ -68,6 +68,25 @@ def test_config_from_dict_validates_every_key():
         AuditConfig.from_dict({"quality": {"vibes": True}})
     with pytest.raises(ValueError, match="unknown finding threshold"):
         AuditConfig.from_dict({"thresholds": {"shortcut_mass": 0.2}})
+    shortcuts = AuditConfig.from_dict({"image_shortcuts": {
+        "min_mass_share": 0.1, "square_fractions": [0.1, 0.2]}}).image_shortcuts
+    assert shortcuts == {"min_mass_share": 0.1, "square_fractions": [0.1, 0.2]}
+    with pytest.raises(ConfigError, match="unknown image shortcut setting"):
+        AuditConfig.from_dict({"image_shortcuts": {"min_mass": 0.1}})
+    with pytest.raises(ConfigError, match="seed"):  # the audit's own seed sets it
+        AuditConfig.from_dict({"image_shortcuts": {"seed": 3}})
+    with pytest.raises(ConfigTypeError, match="min_drop"):
+        AuditConfig.from_dict({"image_shortcuts": {"min_drop": "0.1"}})
+    with pytest.raises(ConfigTypeError, match="max_rows"):
+        AuditConfig.from_dict({"image_shortcuts": {"max_rows": 9.5}})
+    with pytest.raises(ConfigTypeError, match="square_fractions"):
+        AuditConfig.from_dict({"image_shortcuts": {"square_fractions": 0.1}})
+    with pytest.raises(ConfigError, match="min_consistency"):
+        AuditConfig.from_dict({"image_shortcuts": {"min_consistency": 1.5}})
+    with pytest.raises(ConfigError, match="square_fractions"):
+        AuditConfig.from_dict({"image_shortcuts": {"square_fractions": [0.1, 1.0]}})
+    with pytest.raises(ConfigTypeError, match="image_shortcuts"):
+        AuditConfig.from_dict({"image_shortcuts": [0.1]})
     with pytest.raises(TypeError, match="samples"):
         AuditConfig.from_dict({"samples": "24"})
     with pytest.raises(ValueError, match="samples"):
@@ -270,6 +289,49 @@ def test_small_image_audit_has_maps_and_class_maps(tmp_path):
         assert result.arrays[f"maps.{m}"].min() >= 0
         assert result.arrays[f"class_maps.{m}"].shape == (3, 16, 16)
     assert result.arrays["examples_x"].shape == (6, 16, 16, 3)
+
+
+def _corner_reader(size: int = 16):
+    """A hand-weighted model that reads only the top-left 4×4 corner's brightness: class
+    0 ("marked") when it is bright. No training, so the outcome below is fixed."""
+    from explain._backend import keras
+
+    inp = keras.Input((size, size, 3))
+    h = keras.layers.Cropping2D(((0, size - 4), (0, size - 4)))(inp)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(2, activation="softmax")(h)
+    model = keras.Model(inp, out)
+    model.layers[-1].set_weights([np.array([[1.0, -1.0]] * 3, np.float32),
+                                  np.array([-1.2, 1.2], np.float32)])
+    return model
+
+
+def test_image_shortcut_settings_from_the_config_change_the_outcome(tmp_path):
+    path = tmp_path / "corner.keras"
+    _corner_reader().save(path)
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    x = (rng.uniform(0.05, 0.3, size=(60, 1, 1, 3))
+         + rng.normal(0, 0.03, size=(60, 16, 16, 3))).astype(np.float32)
+    x[y == 0, 0:3, 0:3, :] = 1.0  # a white mark on every "marked" image
+    data = Dataset(x=x, y=y, kind="image", class_names=["marked", "plain"])
+    quiet = dict.fromkeys(("completeness", "faithfulness", "randomization", "agreement"),
+                          False)
+    # Few candidates and random boxes: the ablation test stays cheap.
+    cheap = {"candidates_per_group": 1, "random_regions": 2}
+
+    def shortcuts(overrides):
+        report = run_audit(path, data, {
+            "samples": 6, "methods": ["integrated_gradients"], "quality": quiet,
+            "image_shortcuts": {**cheap, **overrides}}).report
+        assert report["config"]["image_shortcuts"] == {**cheap, **overrides}
+        return [f["evidence"] for f in report["findings"] if f["code"] == "shortcut_region"]
+
+    found = shortcuts({})
+    assert [(f["region"], f["classes"]) for f in found] == [("top-left corner", ["marked"])]
+    assert found[0]["ablation_drop"] < 0.7
+    # Asking for a larger ablation drop than the mark causes turns the finding off.
+    assert shortcuts({"min_drop": 0.7}) == []
 
 
 # --------------------------------------------------------------------------- refusals

@@ -100,3 +100,21 @@ def test_synthetic_sets_put_the_mark_where_meta_says(position, band):
     assert has[ds.y == 0].mean() > 0.8 and has[ds.y != 0].mean() < 0.2
     twin = planted_images(seed=1, position=position, band=band, mark=3, n=60, planted=False)
     assert 0.2 < np.asarray(twin.meta["per_row_mark"]).mean() < 0.8
+
+
+def test_settings_from_config_apply_overrides_and_keep_the_audit_seed():
+    from dataclasses import fields
+
+    from explain.errors import ConfigError
+    from explain.image_shortcuts import _SETTING_RANGES
+
+    st = ShortcutSettings.from_config({"min_drop": 0.2, "band_fractions": [0.1],
+                                       "max_rows": 10}, seed=7)
+    assert (st.min_drop, st.band_fractions, st.max_rows, st.seed) == (0.2, (0.1,), 10, 7)
+    assert ShortcutSettings.from_config(None, seed=7) == ShortcutSettings(seed=7)
+    # Every setting but the seed can be overridden, within a range.
+    assert set(_SETTING_RANGES) == {f.name for f in fields(ShortcutSettings)} - {"seed"}
+    with pytest.raises(ConfigError, match="band_fractions"):
+        ShortcutSettings.from_config({"band_fractions": []})
+    with pytest.raises(ConfigError, match="min_drop"):
+        ShortcutSettings.from_config({"min_drop": float("nan")})
