@@ -96,7 +96,7 @@ def defaults() -> dict[str, Any]:
         # Fan an audit's attribution chunks out over the `attributions` workers (a Celery
         # chord; needs Redis for results). Off: one worker runs the whole audit. Off by
         # default until chunks that wait in the queue count as alive for the stale-audit
-        # sweeper (see worker/tasks.py).
+        # sweeper (see worker/fanout.py).
         "AUDIT_FANOUT": False,
         # The beat loop's period (seconds).
         "BEAT_INTERVAL": 15.0,

@@ -42,6 +42,9 @@ EXEMPT = ("explain.cli",)
 #: Modules the API and the worker share; they must not reach the HTTP layer either.
 HTTP_FREE = ("api.lifecycle", "api.cron", "api.webhook_policy", "api.queue", "api.db",
              "api.config")
+#: What the worker's tasks run: HTTP-free as well (the tasks are only entry points).
+WORKER_CORE = ("worker.audit_runner", "worker.audit_state", "worker.explain_runner",
+               "worker.fanout", "worker.storage", "worker.transient")
 HTTP_MODULES = ("api.resources", "api.web", "api.errors", "apiflask", "werkzeug")
 
 
@@ -199,8 +202,24 @@ def test_no_forbidden_edge(graph):
 
 def test_shared_service_modules_are_http_free(graph):
     _, raw = graph
-    bad = [f"{m} imports {name}" for m in HTTP_FREE
+    bad = [f"{m} imports {name}" for m in HTTP_FREE + WORKER_CORE
            for name in sorted(raw[m]) if any(_under(name, h) for h in HTTP_MODULES)]
+    assert bad == []
+
+
+def test_the_task_module_holds_only_task_entry_points():
+    """worker/tasks.py defines Celery tasks and nothing else: what they run lives in the
+    worker's HTTP-free modules (WORKER_CORE)."""
+    tree = ast.parse((ROOT / "worker" / "tasks.py").read_text(encoding="utf-8"))
+    bad = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            bad.append(f"class {node.name}")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            decorators = {getattr(d.func if isinstance(d, ast.Call) else d, "id", None)
+                          for d in node.decorator_list}
+            if "shared_task" not in decorators:
+                bad.append(f"def {node.name}")
     assert bad == []
 
 

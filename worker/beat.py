@@ -171,7 +171,7 @@ def reap_stale(app: Flask, now: datetime | None = None) -> list[str]:
     now = now or db.utcnow()
     touched: list[str] = []
     with app.app_context():
-        from worker.tasks import heartbeat_stale_after
+        from worker.audit_state import heartbeat_stale_after
 
         # Running audits: their heartbeat thread beats every quarter of this, so a minute
         # of silence means the worker is gone. Queued audits: re-sent after the longer
