@@ -47,6 +47,7 @@ import h5py
 
 from explain._lazytf import keras, tf
 from explain.errors import ModelIntakeError
+from explain.layers import layer_chains, layer_path
 
 __all__ = [
     "REFUSAL_CODES",
@@ -1109,17 +1110,14 @@ def _check_layer_names(model: keras.Model, path: Path) -> None:
     deep inside the worker. Renaming layers would break the names users give for Grad-CAM
     and see in the report, so the upload is refused here, naming the layer.
     """
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        name = str(layer.name)
+    for chain in layer_chains(model, descend=lambda layer: bool(getattr(layer, "layers", None))):
+        name = str(chain[-1].name)
         if not _LAYER_SCOPE_NAME.fullmatch(name):
             shown = name if len(name) <= 60 else name[:57] + "..."
             raise ModelIntakeError(
                 f"{path.name}: layer name {shown!r} cannot be traced by TensorFlow; layer names "
                 "may use letters, digits and _ . - > only: rename the layer and save again",
                 code="bad_layer_name")
-        stack.extend(getattr(layer, "layers", None) or [])
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -1274,32 +1272,6 @@ def _count_params(layer: Any) -> int:
         return 0
 
 
-def _walk_layers(model: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Any, int]]:
-    for layer in getattr(model, "layers", []):
-        name = f"{prefix}{layer.name}"
-        yield name, layer, depth
-        if isinstance(layer, keras.Model):
-            yield from _walk_layers(layer, prefix=f"{name}/", depth=depth + 1)
-
-
-def _own_gradcam_candidates(model: Any) -> list[str]:
-    """Layers with a 4-D (batch, H, W, C) output whose H and W are not both 1, nested
-    ones as ``outer/inner`` (nested models themselves are walked into, not listed).
-
-    The same rule as :func:`explain.attributions.grad_cam.gradcam_candidate_layers`,
-    used when that module cannot be imported.
-    """
-    names = []
-    for name, layer, _depth in _walk_layers(model):
-        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
-            continue
-        shape = _layer_output_shape(layer)
-        if (shape and len(shape) == 4 and all(d is None or isinstance(d, int) for d in shape)
-                and all(d is None or d > 1 for d in shape[1:3])):
-            names.append(name)
-    return names
-
-
 _PASS_THROUGH = ("Reshape", "Flatten", "Dropout", "Identity", "Permute", "Activity",
                  "GaussianNoise", "GaussianDropout", "AlphaDropout", "SpatialDropout")
 
@@ -1383,10 +1355,10 @@ def _build_spec(model: keras.Model, *, fmt: str, sha256: str, file_size: int,
             name = output_names[i] if i < len(output_names) else str(getattr(t, "name", i))
         heads.append(HeadSpec(name=name, shape=shape, activation=activation,
                               task=_task(activation, width), width=width))
-    layers = [LayerSummary(name=name, class_name=type(layer).__name__,
-                           output_shape=_layer_output_shape(layer),
-                           params=_count_params(layer), depth=depth)
-              for name, layer, depth in _walk_layers(model)]
+    layers = [LayerSummary(name=layer_path(chain), class_name=type(chain[-1]).__name__,
+                           output_shape=_layer_output_shape(chain[-1]),
+                           params=_count_params(chain[-1]), depth=len(chain) - 1)
+              for chain in layer_chains(model)]
     candidates = _gradcam_layer_names(model)
     input_shape = inputs[0].shape if inputs else []
     text = _text_info(model) if len(inputs) == 1 else None
@@ -1488,10 +1460,8 @@ def _unsupported(model: Any, inputs: list[InputSpec], heads: list[HeadSpec], kin
 
 def _gradcam_layer_names(model: keras.Model) -> list[str]:
     """Grad-CAM candidates as the Grad-CAM ``layer`` option names them."""
-    try:
-        from explain.attributions.grad_cam import gradcam_candidate_layers
-    except ImportError:
-        return _own_gradcam_candidates(model)
+    from explain.attributions.grad_cam import gradcam_candidate_layers
+
     try:
         return list(gradcam_candidate_layers(model))
     except TypeError:  # not a graph model (cannot happen for a loaded Keras model)

@@ -31,8 +31,9 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -50,48 +51,61 @@ _ARRAY_NAME = re.compile(
 )
 
 
-def to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any, *, strict: bool = True) -> Any:
     """Return ``value`` as plain JSON types.
 
-    numpy scalars and arrays become Python numbers and lists, tuples become lists, and
-    non-finite floats become ``None`` (JSON has no NaN; the schema then says whether a
-    missing number is acceptable at that place).
+    numpy scalars and arrays become Python numbers and lists, tuples become lists, enums
+    their values, and non-finite floats become ``None`` (JSON has no NaN; the schema then
+    says whether a missing number is acceptable at that place).
 
     Parameters
     ----------
     value
-        Any nesting of dicts, lists, tuples, numbers, strings, booleans, None and numpy
-        values.
+        Any nesting of mappings, lists, tuples, numbers, strings, booleans, enums, None
+        and numpy values.
+    strict
+        True (report.json, stored plans): a key that is not a string, or a value JSON
+        cannot hold, raises ``TypeError``, so a mistake in the pipeline is found where it
+        is made. False (a metric's free-form ``detail``, see
+        :meth:`explain.metrics.MetricResult.to_dict`): keys are turned into strings and
+        such values are kept as they are, for the caller to serialise or not.
 
     Returns
     -------
     Any
         The same structure made of ``dict``, ``list``, ``str``, ``int``, ``float``,
-        ``bool`` and ``None``.
+        ``bool`` and ``None`` (and, with ``strict=False``, whatever could not be turned).
 
     Raises
     ------
     TypeError
-        If a value has no JSON representation (an object, a set, bytes, ...).
+        With ``strict``: if a key is not a string or a value has no JSON representation
+        (an object, a set, bytes, ...).
     """
-    if isinstance(value, dict):
+    if isinstance(value, Enum):
+        return to_jsonable(value.value, strict=strict)
+    if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(f"report keys must be strings, got {key!r}")
-            out[key] = to_jsonable(item)
+                if strict:
+                    raise TypeError(f"report keys must be strings, got {key!r}")
+                key = str(key)
+            out[key] = to_jsonable(item, strict=strict)
         return out
     if isinstance(value, (list, tuple)):
-        return [to_jsonable(item) for item in value]
+        return [to_jsonable(item, strict=strict) for item in value]
     if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
+        return to_jsonable(value.tolist(), strict=strict)
     if isinstance(value, np.generic):
-        return to_jsonable(value.item())
+        return to_jsonable(value.item(), strict=strict)
     if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    raise TypeError(f"{type(value).__name__} cannot be written to report.json")
+    if strict:
+        raise TypeError(f"{type(value).__name__} cannot be written to report.json")
+    return value
 
 
 @dataclass

@@ -219,6 +219,17 @@ class ModelFunction:
 
         return forward
 
+    @property
+    def final_layer(self) -> keras.layers.Layer:
+        """The layer that produces the explained head."""
+        return _output_layer(self.model, self.output_index)
+
+    def pre_activation(self, h, **_kwargs) -> tf.Tensor:
+        """The explained head's pre-activation values from its final layer's input ``h``
+        (``logits=True``): through the linear twin (see :meth:`sync`), or ``h`` itself
+        when the final layer is a Softmax/Activation layer."""
+        return h if self._twin is None else self._twin[1](h)
+
     def sync(self) -> None:
         """Copy the final layer's current weights into the pre-activation twin, if any."""
         if self._twin is not None:
@@ -282,13 +293,18 @@ _COMPILED: OrderedDict[tuple, tuple[keras.Model, Any]] = OrderedDict()
 _COMPILED_SIZE = 8
 
 
-def compiled(mf: ModelFunction, kind: str, build: Callable[[ModelFunction], Any]) -> Any:
-    """``build(mf)`` cached for ``mf``'s model, head and ``logits`` under the name ``kind``.
+def compiled(mf: ModelFunction, kind: str, build: Callable[[ModelFunction], Any],
+             key: tuple = ()) -> Any:
+    """``build(mf)`` cached for ``mf``'s model, head and ``logits`` under the name ``kind``
+    (and ``key``: what else the graph was built for, e.g. Grad-CAM's layer and size).
 
-    A cached entry was built on an earlier ModelFunction of the same model; its
-    pre-activation twin (``logits=True``) is re-synced so later weight updates are seen.
+    A cached entry was built on an earlier ModelFunction of the same model (the one it
+    keeps as ``.mf``); that one's pre-activation twin (``logits=True``) is re-synced so
+    later weight updates are seen. Graphs that compute a pre-activation must therefore do
+    it through their ``.mf`` (:meth:`ModelFunction.pre_activation`).
     """
-    key = (kind, id(mf.model), mf.output_index, mf.logits, getattr(mf, "space", "input"))
+    key = (kind, id(mf.model), mf.output_index, mf.logits, getattr(mf, "space", "input"),
+           *key)
     hit = _COMPILED.get(key)
     if hit is not None and hit[0] is mf.model:
         _COMPILED.move_to_end(key)

@@ -19,24 +19,23 @@ models recursively.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from explain._backend import keras, tf
+from explain.attributions import base
 from explain.attributions.base import (
     Attribution,
     ModelFunction,
-    _output_layer,
     check_bool,
     gather_targets,
-    linear_twin,
     model_input_shape,
 )
 from explain.attributions.registry import register
 from explain.errors import InputError, InputTypeError
+from explain.layers import layer_chains, layer_path
 
 __all__ = ["find_layer", "gradcam_candidate_layers", "grad_cam_maps", "grad_cam_weights",
            "grad_cam_plus_plus_weights"]
@@ -50,21 +49,13 @@ def _is_graph_model(layer: Any) -> bool:
             and bool(getattr(layer, "outputs", None)))
 
 
-def _walk(model: keras.Model, prefix: tuple = ()) -> Iterator[tuple]:
-    """Every layer as a chain ``(outer, ..., layer)``, descending into nested graph models."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        chain = (*prefix, layer)
-        if _is_graph_model(layer):
-            yield from _walk(layer, chain)
-        else:
+def _walk(model: keras.Model) -> Iterator[tuple]:
+    """Every layer as a chain ``(outer, ..., layer)``, descending into nested graph models
+    (which are not chains of their own, nor are input layers)."""
+    for chain in layer_chains(model, descend=_is_graph_model):
+        layer = chain[-1]
+        if not isinstance(layer, keras.layers.InputLayer) and not _is_graph_model(layer):
             yield chain
-
-
-def _path(chain: tuple) -> str:
-    # Keras forbids "/" in layer names, so it is a safe separator for nested paths.
-    return "/".join(layer.name for layer in chain)
 
 
 def _output_shape(layer: keras.layers.Layer) -> tuple | None:
@@ -112,7 +103,7 @@ def gradcam_candidate_layers(model: keras.Model) -> list[str]:
         raise InputTypeError(
             f"Grad-CAM needs a functional or Sequential Keras model, got {type(model).__name__}"
         )
-    return [_path(c) for c in _walk(model) if _is_spatial(_output_shape(c[-1]))]
+    return [layer_path(c) for c in _walk(model) if _is_spatial(_output_shape(c[-1]))]
 
 
 def _resolve_chain(model: keras.Model, name: str | None) -> tuple:
@@ -129,7 +120,7 @@ def _resolve_chain(model: keras.Model, name: str | None) -> tuple:
         return spatial[-1]
     if not isinstance(name, str):
         raise InputTypeError(f"layer must be a layer name (str), got {name!r}")
-    matches = [c for c in chains if _path(c) == name] or [
+    matches = [c for c in chains if layer_path(c) == name] or [
         c for c in chains if c[-1].name == name
     ]
     if not matches:
@@ -140,7 +131,7 @@ def _resolve_chain(model: keras.Model, name: str | None) -> tuple:
     if len(matches) > 1:
         raise InputError(
             f"layer name {name!r} is ambiguous; use one of the paths "
-            f"{[_path(c) for c in matches]}"
+            f"{[layer_path(c) for c in matches]}"
         )
     return matches[0]
 
@@ -178,28 +169,18 @@ def find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
 # --------------------------------------------------------------------------- the split
 
 
-def _logit_head(mf: ModelFunction) -> tuple[keras.layers.Layer, Callable, Callable] | None:
-    """``(final layer, fn, sync)`` for ``logits=True``, else None.
-
-    ``fn`` maps the final layer's input to its pre-activation values (ModelFunction has
-    already checked that the head ends in softmax or sigmoid); ``sync`` copies the final
-    layer's current weights into the linear twin, for a cached graph reused after training.
-    """
+def _logit_head(mf: ModelFunction) -> tuple[keras.layers.Layer, Callable] | None:
+    """``(final layer, fn)`` for ``logits=True``, else None: ``fn`` maps the final layer's
+    input to its pre-activation values (ModelFunction has already checked that the head
+    ends in softmax or sigmoid) through ``mf``'s own linear twin, which the compiled-graph
+    cache re-syncs when a later ModelFunction reuses the graph."""
     if not mf.logits:
         return None
-    layer = _output_layer(mf.model, mf.output_index)
-    twin = linear_twin(layer)
-    if twin is None:
-        return layer, lambda h, **_: h, lambda: None
-
-    def sync():
-        twin.set_weights(layer.get_weights())
-
-    return layer, lambda h, **_: twin(h), sync
+    return mf.final_layer, mf.pre_activation
 
 
 def _split_model(model: keras.Model, chain: tuple,
-                 head: tuple[keras.layers.Layer, Callable, Callable] | None = None
+                 head: tuple[keras.layers.Layer, Callable] | None = None
                  ) -> keras.Model:
     """``model`` rebuilt on its own layers to return ``[chain[-1] output, *model outputs]``.
 
@@ -242,7 +223,7 @@ def _split_model(model: keras.Model, chain: tuple,
         inputs = clone.inputs[0] if len(clone.inputs) == 1 else clone.inputs
         outputs = list(clone.outputs)
     if not captured:
-        raise InputError(f"layer {_path(chain)!r} is not on the path to the model's output")
+        raise InputError(f"layer {layer_path(chain)!r} is not on the path to the model's output")
     return keras.Model(inputs, [captured[0], *outputs])
 
 
@@ -292,9 +273,8 @@ class _CamFunction:
     """One compiled forward+backward pass: raw maps, upsampled maps and target scores."""
 
     def __init__(self, mf: ModelFunction, chain: tuple, size: tuple[int, int]):
-        head = _logit_head(mf)
-        self.sync = head[2] if head is not None else (lambda: None)
-        split = _split_model(mf.model, chain, head)
+        self.mf = mf  # whose pre-activation twin the graph uses (see base.compiled)
+        split = _split_model(mf.model, chain, _logit_head(mf))
         index = mf.output_index
         self._fns = {}
         for name, weigh in _WEIGHTS.items():
@@ -327,24 +307,11 @@ class _CamFunction:
                                  tf.convert_to_tensor(targets, tf.int32))
 
 
-# Rebuilding and tracing the split graph costs far more than a small batch; keep the last
-# few. Entries hold their model alive, hence the small bound.
-_CACHE: OrderedDict[tuple, tuple[keras.Model, _CamFunction]] = OrderedDict()
-_CACHE_SIZE = 4
-
-
 def _cam_function(mf: ModelFunction, chain: tuple, size: tuple[int, int]) -> _CamFunction:
-    key = (id(mf.model), tuple(id(layer) for layer in chain), mf.output_index, mf.logits, size)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] is mf.model:
-        _CACHE.move_to_end(key)
-        hit[1].sync()
-        return hit[1]
-    fn = _CamFunction(mf, chain, size)
-    _CACHE[key] = (mf.model, fn)
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return fn
+    """The compiled Grad-CAM pass for ``chain`` at ``size``, from the shared compiled-graph
+    cache (rebuilding and tracing the split graph costs far more than a small batch)."""
+    return base.compiled(mf, "grad_cam", lambda m: _CamFunction(m, chain, size),
+                         key=(tuple(id(layer) for layer in chain), size))
 
 
 def _run(method: str, mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
@@ -358,7 +325,7 @@ def _run(method: str, mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
     shape = _output_shape(chain[-1])
     if not _is_spatial(shape, strict=False):
         raise InputError(
-            f"layer {_path(chain)!r} has output shape {shape}; Grad-CAM needs a "
+            f"layer {layer_path(chain)!r} has output shape {shape}; Grad-CAM needs a "
             f"convolutional/spatial layer with a 4-D output (N, h, w, c). Candidates: "
             f"{gradcam_candidate_layers(model)}"
         )
@@ -389,7 +356,7 @@ def _run(method: str, mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
         method=method,
         targets=targets,
         scores=np.concatenate(scores).astype(np.float32),
-        extra={"layer": _path(chain), "raw": raw},
+        extra={"layer": layer_path(chain), "raw": raw},
     )
 
 

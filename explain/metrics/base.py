@@ -20,6 +20,7 @@ import numpy as np
 from explain._backend import keras
 from explain.attributions.base import Attribution
 from explain.attributions.registry import explain, method_info
+from explain.result import to_jsonable
 
 #: An attribution method: a registered name, or ``f(model, x, targets) -> attributions``.
 Explainer = str | Callable[[keras.Model, np.ndarray, np.ndarray], Any]
@@ -40,27 +41,6 @@ class Direction(str, Enum):
 
     HIGHER = "higher"
     LOWER = "lower"
-
-
-def to_jsonable(value: Any) -> Any:
-    """``value`` with numpy arrays/scalars turned into lists/floats and NaN/Inf into None."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        # JSON has no NaN/Inf; None reads as "not available" in the report.
-        return f if math.isfinite(f) else None
-    return value
 
 
 @dataclass
@@ -91,6 +71,7 @@ class MetricResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: lists instead of arrays, None instead of NaN/Inf."""
+        # strict=False: a detail holds what its metric put there (int keys, say)
         return to_jsonable({
             "name": self.name,
             "category": self.category,
@@ -99,7 +80,7 @@ class MetricResult:
             "threshold": self.threshold,
             "passed": self.passed,
             "detail": self.detail,
-        })
+        }, strict=False)
 
 
 class Metric:

@@ -14,6 +14,7 @@ from explain.attributions.base import (
     as_inputs,
     resolve_targets,
 )
+from explain.layers import is_model, layer_chains
 from explain.metrics.base import (
     Category,
     Direction,
@@ -31,13 +32,8 @@ LAYER_MODES = ("cascade", "independent")
 
 def weighted_leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """Layers that hold weights, nested models flattened, input to output order."""
-    out: list[keras.layers.Layer] = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            out.extend(weighted_leaf_layers(layer))
-        elif layer.weights:
-            out.append(layer)
-    return out
+    return [chain[-1] for chain in layer_chains(model)
+            if not is_model(chain[-1]) and chain[-1].weights]
 
 
 def clone_with_weights(model: keras.Model) -> keras.Model:

@@ -46,3 +46,17 @@ def test_cache_is_bounded():
     for s in range(base._COMPILED_SIZE + 3):
         base.gradient_fn(base.ModelFunction(M.linear_regression(3, s=s)[0]))
     assert len(base._COMPILED) <= base._COMPILED_SIZE
+
+
+def test_grad_cam_graphs_live_in_the_shared_cache():
+    model = M.small_cnn(size=8)
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    base._COMPILED.clear()
+    first = explain(model, x, "grad_cam")
+    cams = [k for k in base._COMPILED if k[0] == "grad_cam"]
+    assert len(cams) == 1
+    # Grad-CAM++ weighs the same split graph's pass: no second graph is built
+    explain(model, x, "grad_cam_plus_plus")
+    assert [k for k in base._COMPILED if k[0] == "grad_cam"] == cams
+    again = explain(model, x, "grad_cam")
+    np.testing.assert_array_equal(again.values, first.values)

@@ -77,3 +77,18 @@ def test_to_jsonable_rejects_what_json_cannot_hold():
         to_jsonable({"x": {1, 2}})
     with pytest.raises(TypeError):
         to_jsonable({1: "non-string key"})
+
+
+def test_to_jsonable_lenient_mode_is_for_free_form_details():
+    from enum import Enum
+
+    class Kind(Enum):
+        A = "a"
+
+    detail = {1: np.float32(np.nan), "kind": Kind.A, "obj": (o := object()),
+              "v": np.arange(2)}
+    assert to_jsonable(detail, strict=False) == {"1": None, "kind": "a", "obj": o,
+                                                 "v": [0, 1]}
+    assert to_jsonable({"kind": Kind.A, "x": np.int64(3)}) == {"kind": "a", "x": 3}
+    with pytest.raises(TypeError):
+        to_jsonable(detail)
