@@ -40,7 +40,9 @@ __all__ = [
     "BudgetError",
     "BudgetPolicy",
     "ModelCost",
+    "MethodWork",
     "RequestCost",
+    "WorkInputs",
     "audit_cost",
     "audit_batch_size",
     "audit_memory",
@@ -48,6 +50,7 @@ __all__ = [
     "check_model",
     "estimate_config",
     "explain_batch_size",
+    "option_count",
     "request_cost",
 ]
 
@@ -709,12 +712,31 @@ class RequestCost:
                 "flops": self.flops, "gradient": self.gradient}
 
 
-_GRADIENT_METHODS = {"integrated_gradients", "saliency", "smoothgrad", "grad_cam",
-                     "grad_cam_plus_plus"}
-_RANDOM_BASELINES = {"uniform", "gaussian", "noise"}
+@dataclass(frozen=True)
+class WorkInputs:
+    """What a method's cost model reads besides its options."""
+
+    features: int         # input values of one row (or the features the caller names)
+    input_rank: int       # dimensions of one row: 1 for a table row, 3 for an image
 
 
-def _opt_int(options: Mapping[str, Any], key: str, default: int) -> int:
+@dataclass(frozen=True)
+class MethodWork:
+    """A method's work per explained row: what its cost model (declared with its
+    registration, :attr:`explain.attributions.registry.MethodInfo.cost`) returns."""
+
+    evaluations: int      # model evaluations (rows through the network) per explained row
+    gradient: bool        # every evaluation also runs a backward pass
+    design_bytes: int = 0  # the method's own arrays for the request (SHAP's coalitions)
+
+
+#: One forward and one backward pass per row (saliency, Grad-CAM).
+ONE_GRADIENT = MethodWork(evaluations=2, gradient=True)
+
+
+def option_count(options: Mapping[str, Any], key: str, default: int) -> int:
+    """``options[key]`` as a count of at least 1, or ``default`` when it is missing or not
+    one (the estimate runs before, or without, the method's own validation)."""
     value = options.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value is None:
         return default
@@ -723,58 +745,36 @@ def _opt_int(options: Mapping[str, Any], key: str, default: int) -> int:
     return int(value)
 
 
+
+def _method_work(method: str, options: Mapping[str, Any], inputs: WorkInputs) -> MethodWork:
+    # The registry imports TensorFlow: only when a request is costed, never on import.
+    from explain.attributions.registry import method_info
+
+    try:
+        info = method_info(method)
+    except XauditError:
+        return MethodWork(evaluations=2, gradient=False)  # an unknown method is refused later
+    return info.work(options, inputs)
+
+
 def request_cost(cost: ModelCost, method: str, rows: int,
                  options: Mapping[str, Any] | None = None,
                  features: int | None = None) -> RequestCost:
     """Model evaluations and FLOPs to attribute ``rows`` examples with ``method``.
 
-    Follows each method's defaults (:mod:`explain.attributions`): IG ``steps`` (× the
-    baseline samples for a random baseline), SmoothGrad ``samples``, SHAP coalitions ×
-    background rows, occlusion one pass per window position (at most one per feature).
+    Each method's cost model (declared with its registration) follows its defaults: IG
+    ``steps`` (× the baseline samples for a random baseline), SmoothGrad ``samples``, SHAP
+    coalitions × background rows, occlusion one pass per window position (at most one per
+    feature).
     """
-    options = dict(options or {})
-    feats = max(int(features or cost.input_elements), 1)
-    extra = 0
-    if method == "integrated_gradients":
-        per_row = _opt_int(options, "steps", 32)
-        if str(options.get("baseline", "zeros")) in _RANDOM_BASELINES:
-            per_row *= _opt_int(options, "baseline_samples", 8)
-        per_row += 1
-    elif method == "smoothgrad":
-        per_row = _opt_int(options, "samples", 25) + 1
-    elif method in ("saliency", "grad_cam", "grad_cam_plus_plus"):
-        per_row = 2
-    elif method == "occlusion":
-        per_row = feats + 1
-    elif method == "shap":
-        players = min(feats, 64) if len(cost.input_shape) >= 2 else feats
-        bg = options.get("background")
-        bg_rows = (_opt_int({"b": bg}, "b", 50) if not isinstance(bg, list)
-                   else max(len(bg), 1))
-        estimator = str(options.get("estimator", "auto"))
-        if estimator in ("gradient", "expected_gradients"):
-            per_row = _opt_int(options, "samples", 200)
-        elif estimator == "deep":
-            per_row = bg_rows
-        else:
-            samples = _opt_int(options, "samples", 2 * players + 2048)
-            if estimator == "sampled" or (estimator == "auto" and players > 10
-                                          and bg_rows > 1):
-                per_row = _opt_int(options, "samples", 250 * players)
-            else:
-                per_row = samples * bg_rows
-            # The coalition design: one float64 mask per coalition and player.
-            extra = int(min(per_row, samples * bg_rows) * players * 8)
-    else:
-        per_row = 2
-    gradient = method in _GRADIENT_METHODS or (
-        method == "shap" and str(options.get("estimator")) in ("gradient", "deep",
-                                                                 "expected_gradients"))
-    evaluations = int(rows) * int(per_row)
+    work = _method_work(method, dict(options or {}), WorkInputs(
+        features=max(int(features or cost.input_elements), 1),
+        input_rank=len(cost.input_shape)))
+    evaluations = int(rows) * int(work.evaluations)
     per_eval = max(cost.forward_flops, ROW_FLOOR_FLOPS)
-    flops = float(evaluations) * per_eval * (3.0 if gradient else 1.0)
-    return RequestCost(method=method, evaluations=evaluations, gradient=gradient,
-                       flops=flops, extra_bytes=extra)
+    flops = float(evaluations) * per_eval * (3.0 if work.gradient else 1.0)
+    return RequestCost(method=method, evaluations=evaluations, gradient=work.gradient,
+                       flops=flops, extra_bytes=work.design_bytes)
 
 
 def check_request(cost: ModelCost, method: str, rows: int, options: Mapping[str, Any],
@@ -802,22 +802,27 @@ def check_request(cost: ModelCost, method: str, rows: int, options: Mapping[str,
 def audit_cost(cost: ModelCost, config: Mapping[str, Any],
                methods: Iterable[str]) -> float:
     """Estimated FLOPs of an audit's attributions (its dominant work)."""
-    samples = _opt_int(config, "samples", 24)
-    sanity = _opt_int(config, "sanity_rows", 8)
-    layers = _opt_int(config, "randomization_layers", 3)
-    global_rows = _opt_int(config, "global_rows", 200)
+    samples = option_count(config, "samples", 24)
+    sanity = option_count(config, "sanity_rows", 8)
+    layers = option_count(config, "randomization_layers", 3)
+    global_rows = option_count(config, "global_rows", 200)
     per_method = config.get("method_options") if isinstance(
         config.get("method_options"), Mapping) else {}
     total = 0.0
+    from explain.attributions.registry import method_info
+
     for method in methods:
         opts = dict(per_method.get(method) or {}) if isinstance(
             per_method.get(method), Mapping) else {}
-        if method == "integrated_gradients":
-            opts.setdefault("steps", _opt_int(config, "ig_steps", 32))
-        if method == "shap":
-            opts.setdefault("background", _opt_int(config, "background", 50))
-            if config.get("shap_samples") is not None:
-                opts.setdefault("samples", _opt_int(config, "shap_samples", 2048))
+        info = method_info(method)
+        # The audit config's older per-method keys (ig_steps, shap_samples) stand for
+        # options; method_options win over them.
+        for key, option in info.config_aliases.items():
+            if config.get(key) is not None:
+                opts.setdefault(option, config[key])
+        if info.data_background:
+            # the audit draws `background` rows of the data for such a method
+            opts.setdefault("background", option_count(config, "background", 50))
         rows = samples + sanity * (layers + 2)
         total += request_cost(cost, method, rows, opts).flops
     total += request_cost(cost, "saliency", global_rows).flops
@@ -856,10 +861,10 @@ def audit_memory(cost: ModelCost, config: Mapping[str, Any],
     """
     methods = list(methods)
     n_in = cost.input_elements
-    samples = _opt_int(config, "samples", 24)
-    sanity = min(_opt_int(config, "sanity_rows", 8), samples)
-    batch = _opt_int(config, "batch_size", 256)
-    steps = _opt_int(config, "faithfulness_steps", 10)
+    samples = option_count(config, "samples", 24)
+    sanity = min(option_count(config, "sanity_rows", 8), samples)
+    batch = option_count(config, "batch_size", 256)
+    steps = option_count(config, "faithfulness_steps", 10)
     parts = {"examples": samples * n_in * VALUE_BYTES * (2 + len(methods))}
     if _quality_switch(config, "faithfulness"):
         per_example = (1 + CURVE_RANDOM_ORDERS) * (steps + 1)
@@ -925,7 +930,7 @@ def audit_batch_size(cost: ModelCost, config: Mapping[str, Any], methods: Iterab
     the audit's own arrays (:func:`audit_memory`, whose deletion/insertion block grows with
     the batch) fit the worker's batch memory together (at least 1)."""
     methods = list(methods)
-    size = _opt_int(config, "batch_size", 256)
+    size = option_count(config, "batch_size", 256)
     for _ in range(8):  # the block shrinks with the batch: a few rounds settle it
         reserved = audit_memory(cost, {**config, "batch_size": size}, methods)["peak"]
         fit = min(size, explain_batch_size(cost, policy, True, reserved=reserved))

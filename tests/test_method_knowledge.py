@@ -10,15 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Branches on method names not yet moved into the registry: (file, method names).
-NOT_YET = {
-    # the work-budget cost model (evaluations per row of each method)
-    ("explain/budget.py", "grad_cam"), ("explain/budget.py", "grad_cam_plus_plus"),
-    ("explain/budget.py", "integrated_gradients"), ("explain/budget.py", "occlusion"),
-    ("explain/budget.py", "saliency"), ("explain/budget.py", "shap"),
-    ("explain/budget.py", "smoothgrad"),
-    # the token-mask id SHAP used, read back for the text section of the report
-    ("explain/audit/sequences.py", "shap"),
-}
+NOT_YET: set[tuple[str, str]] = set()
 
 
 def _constants(node: ast.AST) -> set[str]:

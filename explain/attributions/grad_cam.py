@@ -34,6 +34,7 @@ from explain.attributions.base import (
     model_input_shape,
 )
 from explain.attributions.registry import register
+from explain.budget import ONE_GRADIENT
 from explain.errors import InputError, InputTypeError
 from explain.layers import layer_chains, layer_path
 
@@ -368,6 +369,7 @@ def _run(method: str, mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
     global_priority={"image": 0},
     cheap=True,
     sanity_checks={"randomization", "stability"},
+    cost=lambda options, inputs: ONE_GRADIENT,
 )
 def _grad_cam(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: int,
               layer: str | None = None, normalize: bool = False) -> Attribution:
@@ -420,6 +422,7 @@ def _grad_cam(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_si
     title="Grad-CAM++",
     cheap=True,
     sanity_checks={"randomization", "stability"},
+    cost=lambda options, inputs: ONE_GRADIENT,
 )
 def _grad_cam_plus_plus(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *,
                         batch_size: int, layer: str | None = None,

@@ -8,7 +8,7 @@ whatever N and ``steps`` are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -28,6 +28,7 @@ from explain.attributions.base import (
     stream_chunks,
 )
 from explain.attributions.registry import AuditInputs, register
+from explain.budget import MethodWork, WorkInputs, option_count
 from explain.errors import InputError, InputTypeError
 
 # --------------------------------------------------------------------------- quadrature rules
@@ -331,6 +332,19 @@ def _audit_options(ctx: AuditInputs) -> dict[str, Any]:
     return opts
 
 
+#: Baselines drawn at random, ``baseline_samples`` paths a row. "gaussian" and "noise"
+#: are not baselines this method takes; they count as random so the estimate errs high.
+_RANDOM_BASELINES = ("uniform", "gaussian", "noise")
+
+
+def _cost(options: Mapping[str, Any], inputs: WorkInputs) -> MethodWork:
+    """A gradient per step of each path, and the row's own forward pass."""
+    per_row = option_count(options, "steps", 32)
+    if str(options.get("baseline", "zeros")) in _RANDOM_BASELINES:
+        per_row *= option_count(options, "baseline_samples", 8)
+    return MethodWork(evaluations=per_row + 1, gradient=True)
+
+
 @register(
     "integrated_gradients",
     completeness=True,
@@ -341,6 +355,8 @@ def _audit_options(ctx: AuditInputs) -> dict[str, Any]:
     cheap=True,
     sanity_checks={"randomization", "stability"},
     audit_options=_audit_options,
+    cost=_cost,
+    config_aliases={"ig_steps": "steps"},
 )
 def integrated_gradients(
     mf: ModelFunction,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from explain.attributions.base import (
     stream_chunks,
 )
 from explain.attributions.registry import register
+from explain.budget import MethodWork, WorkInputs
 from explain.errors import InputError, InputTypeError
 
 
@@ -114,11 +116,17 @@ def _fill_values(x: np.ndarray, fill: Any) -> np.ndarray:
     return np.full(len(x), fill, np.float32)
 
 
+def _cost(options: Mapping[str, Any], inputs: WorkInputs) -> MethodWork:
+    """A forward pass per window position (at most one per feature) and the row's own."""
+    return MethodWork(evaluations=inputs.features + 1, gradient=False)
+
+
 @register(
     "occlusion",
     gradient_based=False,
     summary="Drop in the target score when a sliding window of the input is covered.",
     title="Occlusion",
+    cost=_cost,
 )
 def occlusion(
     mf: ModelFunction,

@@ -3,7 +3,8 @@
 Each method module registers its implementation with :func:`register`, together with what
 the rest of xaudit needs to know about the method (its title, whether its attributions
 should add up to the output change and to what tolerance, whether it may rank global
-importance, which sanity checks apply to it, the options an audit gives it). The public
+importance, which sanity checks apply to it, the options an audit gives it, its cost
+model for the work budget and the audit-config keys that stand for its options). The public
 :func:`explain` validates inputs, options and targets once and dispatches through the
 registry; nothing outside a method's own module branches on its name.
 """
@@ -25,6 +26,7 @@ from explain.attributions.base import (
     check_positive_int,
     resolve_targets_with_predictions,
 )
+from explain.budget import MethodWork, WorkInputs
 from explain.errors import InputError
 
 #: Options every method accepts (handled here, before dispatch).
@@ -83,6 +85,20 @@ class MethodInfo:
     #: ``audit_options(ctx: AuditInputs) -> dict``: the options an audit runs it with,
     #: before the config's ``method_options`` (which win).
     audit_options: Callable[[AuditInputs], dict[str, Any]] | None = None
+    #: ``cost(options, inputs: WorkInputs) -> MethodWork``: model evaluations per row,
+    #: whether each runs a backward pass, and the method's own arrays (explain.budget).
+    #: Read leniently (a bad option counts as its default). None: one forward pass and
+    #: one more (a backward pass when ``gradient_based``).
+    cost: Callable[[Mapping[str, Any], WorkInputs], MethodWork] | None = None
+    #: Keys of the audit config that stand for one of the method's options
+    #: (``{"ig_steps": "steps"}``); the config's ``method_options`` win over them.
+    config_aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def work(self, options: Mapping[str, Any], inputs: WorkInputs) -> MethodWork:
+        """The method's work per explained row with ``options`` (see :attr:`cost`)."""
+        if self.cost is None:
+            return MethodWork(evaluations=2, gradient=self.gradient_based)
+        return self.cost(options, inputs)
 
     def validate(self, options: Mapping[str, Any]) -> None:
         """Refuse option names the method does not take (InputError naming them)."""
@@ -143,6 +159,8 @@ def register(
     data_background: bool = False,
     sanity_checks: set[str] | frozenset[str] = frozenset(),
     audit_options: Callable[[AuditInputs], dict[str, Any]] | None = None,
+    cost: Callable[[Mapping[str, Any], WorkInputs], MethodWork] | None = None,
+    config_aliases: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[..., Attribution]], Callable[..., Attribution]]:
     """Register ``impl(mf, x, targets, *, batch_size, **options) -> Attribution``.
 
@@ -156,6 +174,10 @@ def register(
         if unknown_checks:
             raise ValueError(f"unknown sanity check(s) {sorted(unknown_checks)}")
         defaults = _signature_options(impl)
+        aliases = dict(config_aliases or {})
+        if not set(aliases.values()) <= set(defaults):
+            raise ValueError(f"config_aliases of {name!r} name options it does not take: "
+                             f"{sorted(set(aliases.values()) - set(defaults))}")
         _REGISTRY[name] = MethodInfo(
             name=name,
             impl=impl,
@@ -172,6 +194,8 @@ def register(
             data_background=data_background,
             sanity_checks=frozenset(sanity_checks),
             audit_options=audit_options,
+            cost=cost,
+            config_aliases=aliases,
         )
         METHODS.append(name)
         return impl

@@ -10,6 +10,7 @@ import numpy as np
 
 from explain.attributions.base import Attribution, ModelFunction, check_bool, gradient_fn
 from explain.attributions.registry import register
+from explain.budget import ONE_GRADIENT
 
 
 @register(
@@ -19,6 +20,7 @@ from explain.attributions.registry import register
     global_priority={"tabular": 2},
     cheap=True,
     sanity_checks={"randomization", "stability"},
+    cost=lambda options, inputs: ONE_GRADIENT,
 )
 def saliency(
     mf: ModelFunction,

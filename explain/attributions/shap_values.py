@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,7 @@ from explain.attributions.base import (
     spatial_axes,
 )
 from explain.attributions.registry import AuditInputs, register
+from explain.budget import MethodWork, WorkInputs, option_count
 from explain.errors import InputError, InputTypeError
 
 #: ``auto`` enumerates exactly up to this many players.
@@ -452,6 +453,41 @@ def _audit_options(ctx: AuditInputs) -> dict[str, Any]:
     return opts
 
 
+#: Players the cost model assumes for an image (the default 8 x 8 grid of regions).
+_IMAGE_PLAYERS = 64
+#: Estimators that differentiate the model (the others only run it forward).
+_GRADIENT_ESTIMATORS = ("gradient", "deep", "expected_gradients")
+
+
+def _cost(options: Mapping[str, Any], inputs: WorkInputs) -> MethodWork:
+    """Forward passes per row: coalitions x background rows (kernel, exact), the
+    sampled estimator's ``samples``, or a gradient per sample (expected gradients) or per
+    background row (DeepSHAP); plus the coalition design (one float64 mask per coalition
+    and player)."""
+    players = (min(inputs.features, _IMAGE_PLAYERS) if inputs.input_rank >= 2
+               else inputs.features)
+    bg = options.get("background")
+    bg_rows = (option_count({"b": bg}, "b", DEFAULT_BACKGROUND_ROWS)
+               if not isinstance(bg, list) else max(len(bg), 1))
+    estimator = str(options.get("estimator", "auto"))
+    design = 0
+    if estimator in ("gradient", "expected_gradients"):
+        per_row = option_count(options, "samples", DEFAULT_GRADIENT_SAMPLES)
+    elif estimator == "deep":
+        per_row = bg_rows
+    else:
+        samples = option_count(options, "samples", default_samples(players))
+        if estimator == "sampled" or (estimator == "auto" and players > AUTO_EXACT_MAX
+                                      and bg_rows > 1):
+            per_row = option_count(options, "samples", SAMPLED_PER_PLAYER * players)
+        else:
+            per_row = samples * bg_rows
+        design = int(min(per_row, samples * bg_rows) * players * 8)
+    return MethodWork(evaluations=per_row,
+                      gradient=str(options.get("estimator")) in _GRADIENT_ESTIMATORS,
+                      design_bytes=design)
+
+
 @register(
     "shap",
     completeness=True,
@@ -463,6 +499,8 @@ def _audit_options(ctx: AuditInputs) -> dict[str, Any]:
     global_priority={"image": 2},
     data_background=True,
     audit_options=_audit_options,
+    cost=_cost,
+    config_aliases={"shap_samples": "samples"},
 )
 def _shap(mf: ModelFunction, x: np.ndarray, targets: np.ndarray, *, batch_size: int,
           estimator: str = "auto", background: Any = None, samples: int | None = None,

@@ -8,6 +8,9 @@ other rows were passed. The noisy copies form one stream evaluated in chunks of 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from explain.attributions.base import (
@@ -19,6 +22,7 @@ from explain.attributions.base import (
     stream_chunks,
 )
 from explain.attributions.registry import register
+from explain.budget import MethodWork, WorkInputs, option_count
 from explain.errors import InputError, InputTypeError
 
 
@@ -38,6 +42,11 @@ def noisy_rows(x: np.ndarray, sigma: np.ndarray, rows: np.ndarray, samples: np.n
     return out
 
 
+def _cost(options: Mapping[str, Any], inputs: WorkInputs) -> MethodWork:
+    """A gradient per noisy copy, and the row's own forward pass."""
+    return MethodWork(evaluations=option_count(options, "samples", 25) + 1, gradient=True)
+
+
 @register(
     "smoothgrad",
     summary="Gradients averaged over Gaussian-noised copies of the input.",
@@ -46,6 +55,7 @@ def noisy_rows(x: np.ndarray, sigma: np.ndarray, rows: np.ndarray, samples: np.n
     cheap=True,
     sanity_checks={"randomization", "stability"},
     audit_options=lambda ctx: {"seed": ctx.config.seed},
+    cost=_cost,
 )
 def smoothgrad(
     mf: ModelFunction,

@@ -74,7 +74,11 @@ def sequence_sections(ctx: AuditContext, plan: AuditPlan) -> dict[str, Any]:
         ids = np.asarray(ctx.x[rows]).astype(np.int64)
         from explain.attributions.tokens import default_mask_id
 
-        chosen = (ctx.options.get("shap") or {}).get("mask_id")
+        # The id the audit's token-masking methods were given (mask_id: SHAP's and
+        # occlusion's option on text models; the section method's own first), else the
+        # model's default, which is theirs too.
+        chosen = next((ctx.options.get(m, {}).get("mask_id") for m in (method, *ctx.methods)
+                       if ctx.options.get(m, {}).get("mask_id") is not None), None)
         mask_id = int(chosen) if chosen is not None else default_mask_id(ctx.model)
         section = token_summary(values, ids, targets, predict=predict,
                                 all_ids=np.asarray(ctx.x).astype(np.int64),
