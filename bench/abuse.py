@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import io
-import json
 import os
 import signal
 import socket
@@ -36,13 +35,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.hostile import declared_model, set_input_shape, wide_dense  # noqa: E402
+from tests.proctree import children, cmdline  # noqa: E402
+from tests.proctree import memory as proc_memory  # noqa: E402
+
 BIN = Path(sys.executable).parent
 
 
@@ -50,35 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 class Serve:
@@ -115,19 +91,19 @@ class Serve:
 
     def api_pid(self) -> int:
         """The gunicorn worker: the serve process's child that is not celery or beat."""
-        for child in _children(self.proc.pid):
-            if " serve " in f"{_cmdline(child)} ":  # gunicorn's worker: a fork of serve
+        for child in children(self.proc.pid):
+            if " serve " in f"{cmdline(child)} ":  # gunicorn's worker: a fork of serve
                 return child
         return self.proc.pid
 
     def memory(self) -> tuple[float, float]:
-        st = _status(self.api_pid())
+        st = proc_memory(self.api_pid())
         return st.get("VmRSS", 0) / 2**20, st.get("VmHWM", 0) / 2**20
 
     def worker_peak(self) -> float:
         """The largest peak RSS of the embedded celery workers alive now (MiB)."""
-        peaks = [_status(c).get("VmHWM", 0) for c in _children(self.proc.pid)
-                 if "celery" in _cmdline(c)]
+        peaks = [proc_memory(c).get("VmHWM", 0) for c in children(self.proc.pid)
+                 if "celery" in cmdline(c)]
         return max(peaks, default=0) / 2**20
 
     def stop(self) -> None:
@@ -137,37 +113,6 @@ class Serve:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
-
-
-def declared_model(edit) -> bytes:
-    from explain._backend import keras
-
-    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
-                              keras.layers.Dense(2, activation="softmax")])
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "src.keras"
-        small.save(src)
-        out = io.BytesIO()
-        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
-            for item in zin.infolist():
-                data = zin.read(item.filename)
-                if item.filename == "config.json":
-                    cfg = json.loads(data)
-                    edit(cfg)
-                    data = json.dumps(cfg).encode()
-                zout.writestr(item, data)
-    return out.getvalue()
-
-
-def _input(cfg, shape):
-    cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, *shape]
-
-
-def _wide(n):
-    def edit(cfg):
-        _input(cfg, (n,))
-        cfg["config"]["layers"][1]["config"]["units"] = n
-    return edit
 
 
 def conv_model_bytes(work: Path) -> bytes:
@@ -227,8 +172,8 @@ def run(serve: Serve, work: Path) -> list[list[str]]:
                              files={"file": (filename, data)}, data={"name": name})
 
     # Files built before the clock starts: only the service's answer is timed.
-    huge = declared_model(lambda c: _input(c, (50000, 50000, 3)))
-    wide20k, wide15k = declared_model(_wide(20000)), declared_model(_wide(15000))
+    huge = declared_model(lambda c: set_input_shape(c, (50000, 50000, 3)))
+    wide20k, wide15k = declared_model(wide_dense(20000)), declared_model(wide_dense(15000))
     conv_bytes = conv_model_bytes(work)
     record(f"model: input (50000, 50000, 3), {len(huge) // 1024} KB",
            lambda: upload("models", "huge", huge, "m.keras"))

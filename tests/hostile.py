@@ -390,3 +390,37 @@ def _add_savedmodels(good: keras.Model, root: Path, add, mk) -> None:
     (root / "savedmodel_as.keras").write_bytes((root / "savedmodel.zip").read_bytes())
     add("savedmodel_as_keras", root / "savedmodel_as.keras", "unsupported_format",
         mk("savedmodel_as_keras"))
+
+
+def declared_model(edit) -> bytes:
+    """A small real ``.keras`` archive whose ``config.json`` is passed through
+    ``edit(config)`` (edited in place): the config declares something huge while the
+    weights stay the small original's, so only a check of the config can refuse it
+    cheaply. Shared by the budget tests, the API abuse tests and ``bench/abuse.py``."""
+    import tempfile
+
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                              keras.layers.Dense(2, activation="softmax")])
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "src.keras", Path(tmp) / "declared.keras"
+        small.save(src)
+
+        def _edited(cfg):
+            edit(cfg)
+            return cfg
+
+        _rewrite_keras_config(src, dst, _edited)
+        return dst.read_bytes()
+
+
+def set_input_shape(cfg: dict, shape: tuple[int, ...]) -> None:
+    """Declare ``shape`` (without the batch axis) as the first layer's input."""
+    cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, *shape]
+
+
+def wide_dense(n: int):
+    """An edit declaring input (n,) and a first Dense of n units: n² parameters."""
+    def edit(cfg):
+        set_input_shape(cfg, (n,))
+        cfg["config"]["layers"][1]["config"]["units"] = n
+    return edit

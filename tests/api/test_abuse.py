@@ -4,13 +4,13 @@ per-tenant caps. Each case used to answer 500, blow up memory or queue unbounded
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 
 import numpy as np
 import pytest
 
 from tests.api.conftest import make_app, state, upload
+from tests.hostile import declared_model, set_input_shape, wide_dense
 
 
 @pytest.fixture
@@ -177,37 +177,14 @@ def test_over_budget_audit_is_refused_and_a_normal_one_runs(app, client, auth, m
     assert done["status"] == "succeeded", done
 
 
-def _declared_model(tmp_path, edit) -> bytes:
-    from explain._backend import keras
-
-    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
-                              keras.layers.Dense(2, activation="softmax")])
-    src = tmp_path / "src.keras"
-    small.save(src)
-    out = io.BytesIO()
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "config.json":
-                cfg = json.loads(data)
-                edit(cfg)
-                data = json.dumps(cfg).encode()
-            zout.writestr(item, data)
-    return out.getvalue()
-
-
 def test_huge_models_are_refused_at_upload_with_model_too_large(app, client, auth, tmp_path,
                                                                 mlp_file):
     def huge_input(cfg):
-        cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, 50000, 50000, 3]
-
-    def wide(cfg):
-        cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, 20000]
-        cfg["config"]["layers"][1]["config"]["units"] = 20000
+        set_input_shape(cfg, (50000, 50000, 3))
 
     before = state(app)
-    for name, edit in (("huge", huge_input), ("wide", wide)):
-        data = {"file": (io.BytesIO(_declared_model(tmp_path, edit)), "m.keras"),
+    for name, edit in (("huge", huge_input), ("wide", wide_dense(20000))):
+        data = {"file": (io.BytesIO(declared_model(edit)), "m.keras"),
                 "name": name}
         r = client.post("/api/v1/models", data=data, headers=auth,
                         content_type="multipart/form-data")

@@ -15,6 +15,7 @@ from explain import budget
 from explain._backend import keras
 from explain.errors import ModelIntakeError
 from explain.modelio import IntakePolicy, load_model_safely
+from tests.hostile import declared_model, set_input_shape, wide_dense
 
 L = keras.layers
 GiB = 1024**3
@@ -72,29 +73,13 @@ def test_parameter_count_from_the_config_matches_keras(name, tmp_path):
 
 
 def _declared(tmp_path: Path, name: str, edit) -> Path:
-    """A .keras file whose config is edited to declare something huge; the weights file is
-    the small original's, so only a config-level check can refuse it cheaply."""
-    small = keras.Sequential([keras.Input((4,)), L.Dense(3), L.Dense(2, activation="softmax")])
-    src = tmp_path / f"{name}-src.keras"
-    small.save(src)
     out = tmp_path / f"{name}.keras"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "config.json":
-                cfg = json.loads(data)
-                edit(cfg)
-                data = json.dumps(cfg).encode()
-            zout.writestr(item, data)
+    out.write_bytes(declared_model(edit))
     return out
 
 
-def _set_input(cfg, shape):
-    cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, *shape]
-
-
 def _conv_model(cfg, size):
-    _set_input(cfg, (size, size, 3))
+    set_input_shape(cfg, (size, size, 3))
     layers = cfg["config"]["layers"]
     conv = {"module": "keras.layers", "class_name": "Conv2D", "registered_name": None,
             "config": {"name": "conv", "filters": 4, "kernel_size": [3, 3], "strides": [1, 1],
@@ -110,7 +95,7 @@ def _policy(**kw) -> IntakePolicy:
 
 
 def test_huge_declared_input_is_refused_before_keras(tmp_path):
-    path = _declared(tmp_path, "huge-input", lambda c: _set_input(c, (50000, 50000, 3)))
+    path = _declared(tmp_path, "huge-input", lambda c: set_input_shape(c, (50000, 50000, 3)))
     with pytest.raises(ModelIntakeError) as err:
         load_model_safely(path, policy=_policy())
     assert err.value.code == "model_too_large"
@@ -118,18 +103,13 @@ def test_huge_declared_input_is_refused_before_keras(tmp_path):
 
 
 def test_wide_dense_layer_is_refused_by_the_parameter_cap(tmp_path):
-    def wide(cfg):
-        _set_input(cfg, (20000,))
-        cfg["config"]["layers"][1]["config"]["units"] = 20000
-
-    path = _declared(tmp_path, "wide", wide)
+    path = _declared(tmp_path, "wide", wide_dense(20000))
     with pytest.raises(ModelIntakeError) as err:
         load_model_safely(path, policy=_policy())
     assert err.value.code == "model_too_large"
     assert "XAUDIT_MAX_PARAMS" in str(err.value)
     # Under a smaller cap, a model of 15,000 x 15,000 too.
-    path = _declared(tmp_path, "wide2", lambda c: (_set_input(c, (15000,)), c["config"][
-        "layers"][1]["config"].update(units=15000)))
+    path = _declared(tmp_path, "wide2", wide_dense(15000))
     with pytest.raises(ModelIntakeError, match="model_too_large|parameters"):
         load_model_safely(path, policy=_policy(max_params=10_000_000))
 

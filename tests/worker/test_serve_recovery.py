@@ -13,27 +13,10 @@ import numpy as np
 import pytest
 import requests
 
+from tests.proctree import children, cmdline
 from tests.worker.conftest import BIN, base_env, create_key, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _children(pid: int) -> list[int]:
-    """Children of every thread of ``pid`` (serve restarts workers from a thread)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def _cmd(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -46,8 +29,8 @@ def _alive(pid: int) -> bool:
 
 def _workers(serve_pid: int) -> dict[str, int]:
     out = {}
-    for child in _children(serve_pid):
-        cmd = _cmd(child)
+    for child in children(serve_pid):
+        cmd = cmdline(child)
         if "celery" in cmd:
             out["explain" if "explain@" in cmd else "audit"] = child
     return out
@@ -127,9 +110,9 @@ def test_serve_supervises_its_workers_and_dies_with_its_children(tmp_path, procs
     assert body["status"] == "succeeded", body
 
     # kill -9 of serve: its children die with it (no orphaned worker keeps running).
-    children = _children(serve.pid)
-    assert children
+    kids = children(serve.pid)
+    assert kids
     os.kill(serve.pid, signal.SIGKILL)
-    wait_for(lambda: not any(_alive(c) for c in children) or None, 30,
+    wait_for(lambda: not any(_alive(c) for c in kids) or None, 30,
              what="serve's children to exit after kill -9")
-    assert np.all([not _alive(c) for c in children])
+    assert np.all([not _alive(c) for c in kids])
