@@ -228,6 +228,40 @@ class Dataset:
             np.savez_compressed(fh, **arrays)
         return path
 
+    def to_csv(self, path: str | os.PathLike, label: str = "label") -> Path:
+        """Write a tabular set as a ``.csv`` that :func:`load_data_file` reads back with
+        ``label=label`` and ``sensitive=`` its sensitive columns: one column per feature,
+        then the sensitive attributes, then the label (when the set has one-dimensional
+        labels). Values are written with 9 significant digits (float32 round-trips)."""
+        if self.kind != "tabular" or self.x.ndim != 2:
+            raise DataError(f"only a tabular set (N, F) can be written as CSV; this one is "
+                            f"{self.kind} {tuple(self.x.shape)}", code="bad_format")
+        if self.y is not None and self.y.ndim != 1:
+            raise DataError("CSV holds one label column; these labels are "
+                            f"{tuple(self.y.shape)}", code="bad_format")
+        names = self.feature_names or [f"x{i}" for i in range(self.x.shape[1])]
+        sensitive = dict(self.sensitive or {})
+        header = [*names, *sensitive, *([label] if self.y is not None else [])]
+        if len(set(header)) != len(header):
+            raise DataError(f"column names repeat: {header}", code="bad_format")
+
+        def cell(v) -> str:
+            return f"{v:.9g}" if isinstance(v, (float, np.floating)) else str(v)
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            for i in range(self.n):
+                row = [cell(v) for v in self.x[i].tolist()]
+                row += [cell(col[i].item() if hasattr(col[i], "item") else col[i])
+                        for col in sensitive.values()]
+                if self.y is not None:
+                    row.append(cell(self.y[i].item()))
+                w.writerow(row)
+        return path
+
 
 def _is_real_numeric(a: np.ndarray) -> bool:
     return a.dtype != object and (np.issubdtype(a.dtype, np.bool_)

@@ -298,7 +298,8 @@ def train_reference_model(
         shortcut (``True``, the default) or train on the clean twin (``False``).
         Other sets have no planted shortcut and refuse ``False``.
     save_test
-        If given, write the held-out test split there as ``.npz``.
+        If given, write the held-out test split there: ``.npz``, or ``.csv`` for a
+        tabular set (its label in a column named ``label``).
     verbose
         0: silent; 1: a progress bar over epochs on stderr; 2: Keras' one line per epoch.
     batch_size
@@ -416,7 +417,9 @@ def train_reference_model(
     model.save(out)
     test_path = None
     if save_test is not None:
-        test_path = test.to_npz(save_test)
+        # A .csv for tables (label column "label", sensitive columns before it), else .npz.
+        test_path = (test.to_csv(save_test) if Path(save_test).suffix.lower() == ".csv"
+                     else test.to_npz(save_test))
 
     sidecar = _sidecar(dataset_name, dataset, train, val, test, task, seed, epochs,
                        epochs_run, best_epoch, seconds, val_metrics, test_metrics,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 from datetime import timedelta
 
 import numpy as np
@@ -25,13 +24,7 @@ def lending(tmp_path_factory):
                           shortcut=False, verbose=0)
     test = res.test
     test.to_npz(folder / "loans.npz")
-    data = folder / "loans.csv"
-    with open(data, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([*test.feature_names, "group", "age", "approved"])
-        for i in range(test.n):
-            w.writerow([*[f"{v:.6g}" for v in test.x[i]], test.sensitive["group"][i],
-                        int(test.sensitive["age"][i]), int(test.y[i])])
+    data = test.to_csv(folder / "loans.csv", label="approved")
     return res.model_path, data
 
 

@@ -4,8 +4,6 @@ section naming the proxy."""
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 
 from tests.api.test_web_browser import browser_page, server  # noqa: F401 - fixtures
@@ -20,13 +18,7 @@ def lending_files(tmp_path):
 
     res = train_reference_model("lending", out=tmp_path / "lender.keras", seed=1, verbose=0)
     test = res.test
-    data = tmp_path / "loans.csv"
-    with open(data, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([*test.feature_names, "group", "age", "approved"])
-        for i in range(test.n):
-            w.writerow([*[f"{v:.6g}" for v in test.x[i]], test.sensitive["group"][i],
-                        int(test.sensitive["age"][i]), int(test.y[i])])
+    data = test.to_csv(tmp_path / "loans.csv", label="approved")
     return res.model_path, data
 
 

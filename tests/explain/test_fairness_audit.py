@@ -127,14 +127,7 @@ def test_gap_drift_against_the_previous_audit(biased, report):
 
 
 def test_cli_audit_of_a_csv_with_sensitive_columns(biased, tmp_path):
-    data = tmp_path / "loans.csv"
-    test = biased.test
-    with open(data, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([*test.feature_names, "group", "age", "approved"])
-        for i in range(test.n):
-            w.writerow([*[f"{v:.6g}" for v in test.x[i]], test.sensitive["group"][i],
-                        int(test.sensitive["age"][i]), int(test.y[i])])
+    data = biased.test.to_csv(tmp_path / "loans.csv", label="approved")
     js = tmp_path / "r.json"
     args = ["audit", str(biased.model_path), "--data", str(data), "--label", "approved",
             "--out", str(tmp_path / "r.html"), "--json", str(js), "--samples", "4",

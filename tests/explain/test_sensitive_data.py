@@ -125,3 +125,28 @@ def test_lending_twins_plant_a_penalty_that_leaks_through_the_proxy():
 def test_load_any_selects_bundled_attributes():
     ds = load_any("lending", sensitive="group")
     assert list(ds.sensitive) == ["group"]
+
+
+def test_csv_written_by_to_csv_reads_back_with_label_and_sensitive(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32) * 1e3
+    data = Dataset(x=x, y=np.arange(40) % 2, feature_names=["a", "b", "c"],
+                   sensitive={"group": np.array(["A", "B"] * 20),
+                              "age": rng.integers(18, 80, 40)})
+    path = data.to_csv(tmp_path / "d.csv", label="approved")
+    back = load_data_file(path, label="approved", sensitive="group,age")
+    np.testing.assert_array_equal(back.x, x)  # float32 values round-trip exactly
+    np.testing.assert_array_equal(back.y, data.y)
+    assert back.feature_names == ["a", "b", "c"]
+    np.testing.assert_array_equal(back.sensitive["group"].astype(str), data.sensitive["group"])
+    np.testing.assert_array_equal(back.sensitive["age"].astype(int), data.sensitive["age"])
+
+
+def test_to_csv_refuses_what_a_csv_cannot_hold(tmp_path):
+    with pytest.raises(DataError, match="tabular"):
+        Dataset(x=np.zeros((2, 4, 4, 1), np.float32), kind="image").to_csv(tmp_path / "i.csv")
+    with pytest.raises(DataError, match="one label column"):
+        Dataset(x=np.zeros((2, 3), np.float32), y=np.zeros((2, 2))).to_csv(tmp_path / "y.csv")
+    with pytest.raises(DataError, match="repeat"):
+        Dataset(x=np.zeros((2, 1), np.float32), y=np.zeros(2), feature_names=["label"]
+                ).to_csv(tmp_path / "r.csv")
