@@ -273,13 +273,35 @@ def judge(case: Case, test, report: dict[str, Any]) -> dict[str, Any]:
     else:
         hits = [f for f in findings if f["code"] == "dominant_feature"]
         in_place = [f for f in hits if f["evidence"]["feature"] == "leak"]
-        found = [f"{f['evidence']['feature']} share {f['evidence']['share']:.2f}"
-                 for f in hits]
+        found = [f"{f['evidence']['feature']} share {f['evidence']['share']:.2f} "
+                 f"({f['evidence']['judged_by']})" for f in hits]
     if case.planted:
         ok = bool(in_place)
     else:
         ok = not hits
-    return {"ok": ok, "found": found, "n_findings": len(hits)}
+    out = {"ok": ok, "found": found, "n_findings": len(hits)}
+    if case.kind == "table":
+        out["top_feature"] = _top_feature(report)
+    return out
+
+
+def _top_feature(report: dict[str, Any]) -> dict[str, Any] | None:
+    """What the dominant_feature rule reads about the top feature (for tuning it)."""
+    gi = report.get("global_importance") or {}
+    items = gi.get("items") or []
+    if len(items) < 2:
+        return None
+    total = sum(max(float(i["score"]), 0.0) for i in items) or 1.0
+    perm = {p["feature"]: p for p in (gi.get("permutation") or {}).get("items") or []}
+    top = items[0]["feature"]
+    others = [float(p["drop"]) for f, p in perm.items() if f != top]
+    drop = perm.get(top, {})
+    return {"feature": top, "share": round(float(items[0]["score"]) / total, 4),
+            "ratio": round(float(items[0]["score"]) / max(float(items[1]["score"]), 1e-12), 4),
+            "drop": drop.get("drop"), "drop_lead": (
+                round(float(drop["drop"]) / max(max(others), 1e-12), 4)
+                if others and "drop" in drop else None),
+            "alone": drop.get("alone")}
 
 
 _CANDIDATE_KEYS = ("class", "region", "box", "method", "mass_share", "consistency",
@@ -404,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{row['case']:16s} {'ok ' if row['ok'] else 'BAD'} "
                   f"found={row['found']} facts={row['facts']} "
-                  f"train {row['train_s']}s audit {row['audit_s']}s", flush=True)
+                  + (f"top={row['top_feature']} " if row.get("top_feature") else "")
+                  + f"train {row['train_s']}s audit {row['audit_s']}s", flush=True)
     print(summarize(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

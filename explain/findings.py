@@ -78,6 +78,19 @@ class FindingThresholds:
         2.6× or more the next feature; the clean twins' top features lead by 1.0-1.43×
         and cost 0.07-0.19, at most 1.3× the next. With 64 features a leak's share stays
         below 0.3 (0.29) however much the model leans on it.
+    dominant_feature_min_alone
+        Or, by how much of the model's output the top feature explains on its own (η², the
+        share of the output's variance explained by the feature's quantile bins; see
+        :func:`explain.audit.permutation.correlation_ratio`): at least this share, with a
+        permutation drop of at least ``dominant_feature_min_permutation_drop`` that is
+        the largest of the measured features. A leaked label is a near-deterministic
+        function of the target, so the model's output is almost a function of it.
+        Measured with ``python bench/truthfulness.py --kind table`` and
+        ``/work/notes/tab-measures.py`` (all 10 table settings, seed 0, η² over the 360
+        test rows): the leaks explain 0.69-0.93 of the output (0.74 for the sigmoid leak
+        at rate 0.85 that leads by only 1.15× in attribution and 1.7× in permutation
+        drop); on the clean twins no feature explains more than 0.49, and the top
+        feature by attribution at most 0.41.
     completeness_tolerance
         Largest acceptable completeness gap (IG, SHAP): mean ``|gap|`` over mean
         ``|f(x) - f(baseline)|`` of the explained examples.
@@ -158,6 +171,7 @@ class FindingThresholds:
     dominant_feature_behaviour_ratio: float = 1.6
     dominant_feature_permutation_lead: float = 2.0
     dominant_feature_min_permutation_drop: float = 0.05
+    dominant_feature_min_alone: float = 0.6
     completeness_tolerance: float = 0.05
     disagreement_max_correlation: float = 0.3
     weak_class_recall_drop: float = 0.25
@@ -482,17 +496,23 @@ def _dominant_feature(inputs: FindingInputs, th: FindingThresholds) -> list[Find
               if p["feature"] != top["feature"]]
     by_attribution = (share >= th.dominant_feature_share
                       and ratio >= th.dominant_feature_min_ratio)
-    by_behaviour = (drop is not None and others
+    uses_it = (drop is not None and others
+               and float(drop["drop"]) >= th.dominant_feature_min_permutation_drop)
+    by_behaviour = (uses_it
                     and ratio >= th.dominant_feature_behaviour_ratio
-                    and float(drop["drop"]) >= th.dominant_feature_min_permutation_drop
                     and float(drop["drop"]) >= th.dominant_feature_permutation_lead
                     * max(max(others), 0.0))
-    if not (by_attribution or by_behaviour):
+    alone = None if drop is None or drop.get("alone") is None else float(drop["alone"])
+    by_alone = (uses_it and alone is not None
+                and alone >= th.dominant_feature_min_alone
+                and float(drop["drop"]) >= max(others))
+    if not (by_attribution or by_behaviour or by_alone):
         return []
     evidence = {"feature": top["feature"], "share": round(share, 4),
                 "ratio_to_runner_up": round(ratio, 4), "method": gi.get("method"),
                 "runner_up": runner["feature"], "top": items[:5],
-                "judged_by": "attribution" if by_attribution else "permutation"}
+                "judged_by": ("attribution" if by_attribution else "permutation"
+                              if by_behaviour else "output_alone")}
     behaviour = ""
     if drop is not None:
         metric = "R²" if perm.get("metric") == "r2" else "accuracy"
@@ -501,6 +521,10 @@ def _dominant_feature(inputs: FindingInputs, th: FindingThresholds) -> list[Find
                          "permutation_drop": round(float(drop["drop"]), 4)})
         behaviour = (f" Shuffling it drops the model's {metric} by {float(drop['drop']):.2f} "
                      f"(from {float(perm['baseline']):.2f}).")
+        if alone is not None:
+            evidence["output_explained_alone"] = round(alone, 4)
+            behaviour += (f" On its own it explains {alone:.0%} of the variance of the "
+                          f"model's output.")
     return [Finding(
         code="dominant_feature",
         severity="critical" if share >= 0.5 or ratio >= 4.0 else "warning",

@@ -222,3 +222,54 @@ def test_regression_audit_reports_r2_permutation_drop(tmp_path):
     perm = result.report["global_importance"]["permutation"]
     assert perm["metric"] == "r2" and perm["baseline"] == pytest.approx(1.0, abs=1e-4)
     assert all(p["drop"] > 0 for p in perm["items"]) and len(perm["items"]) == 3
+
+
+def test_correlation_ratio_is_the_share_of_the_output_one_column_explains():
+    from explain.audit.permutation import correlation_ratio
+
+    rng = np.random.default_rng(0)
+    leak = rng.integers(0, 2, 400) + rng.normal(0, 0.05, 400)
+    noise = rng.normal(size=400)
+    # An output that is a function of the column: nearly all of it (ten quantile bins
+    # leave the variation inside each); with noise of its own added, part of it (two
+    # columns, as a softmax pair).
+    assert correlation_ratio(np.tanh(leak), leak) > 0.9
+    out = np.stack([leak + rng.normal(0, 0.5, 400), -leak], axis=1)
+    assert 0.5 < correlation_ratio(out, leak) < 0.75
+    # An unrelated column scores about (bins - 1) / n; a constant output scores 0.
+    assert correlation_ratio(np.tanh(leak), noise) < 0.06
+    assert correlation_ratio(np.ones(50), noise[:50]) == 0.0
+    # A column with two distinct values makes two bins, not ten.
+    assert correlation_ratio(np.round(leak), np.round(leak)) == pytest.approx(1.0)
+
+
+def _alone_report(scores, drops, alone):
+    report = _table_report(scores, drops)
+    for item, a in zip(report["global_importance"]["permutation"]["items"], alone,
+                       strict=True):
+        item["alone"] = a
+    return report
+
+
+def test_dominant_feature_when_one_feature_alone_explains_the_output():
+    # planted_tab_06 of bench/truthfulness.py: a sigmoid model on 20 features whose leak
+    # leads by only 1.15x in attribution and 1.7x in permutation drop, yet explains 74%
+    # of the model's output on its own.
+    scores = [0.135, 0.117, 0.1, 0.09] + [0.558 / 16] * 16
+    found = run_rules(FindingInputs(report=_alone_report(
+        scores, [0.166, 0.094, 0.09], [0.737, 0.2, 0.1])))
+    dom = [f for f in found if f["code"] == "dominant_feature"]
+    assert len(dom) == 1 and dom[0]["evidence"]["judged_by"] == "output_alone"
+    assert dom[0]["evidence"]["output_explained_alone"] == pytest.approx(0.737)
+    assert "On its own it explains 74% of the variance" in dom[0]["message"]
+    # The clean twins: the top feature explains at most 0.41 of the output.
+    for alone, drops in ((0.41, [0.47, 0.40, 0.3]), (0.38, [0.18, 0.13, 0.1])):
+        clean = run_rules(FindingInputs(report=_alone_report(scores, drops,
+                                                             [alone, 0.3, 0.2])))
+        assert not [f for f in clean if f["code"] == "dominant_feature"]
+    # Explaining the output is not enough without the model losing the most without it,
+    # and without losing at least the minimum drop.
+    for drops in ([0.10, 0.12, 0.05], [0.04, 0.01, 0.01]):
+        weak = run_rules(FindingInputs(report=_alone_report(scores, drops,
+                                                            [0.8, 0.3, 0.2])))
+        assert not [f for f in weak if f["code"] == "dominant_feature"]
