@@ -77,3 +77,26 @@ def test_validate_refuses_options_a_method_does_not_take():
     method_info("saliency").validate({"absolute": True, "batch_size": 8})
     with pytest.raises(InputError, match="steps"):
         method_info("saliency").validate({"steps": 8})
+
+
+def test_older_config_keys_are_aliases_of_method_options():
+    import dataclasses
+
+    from explain.attributions import METHODS, method_info
+    from explain.audit import AuditConfig
+
+    fields = {f.name for f in dataclasses.fields(AuditConfig)}
+    aliases = {k: (m, o) for m in METHODS for k, o in method_info(m).config_aliases.items()}
+    assert aliases == {"ig_steps": ("integrated_gradients", "steps"),
+                       "shap_samples": ("shap", "samples")}
+    assert set(aliases) <= fields
+    assert AuditConfig().method_options == {}
+    cfg = AuditConfig.from_dict({"ig_steps": 64, "shap_samples": 96,
+                                 "method_options": {"shap": {"estimator": "kernel"}}})
+    assert cfg.method_options == {"integrated_gradients": {"steps": 64},
+                                  "shap": {"estimator": "kernel", "samples": 96}}
+    # method_options naming the option itself wins over the older key
+    wins = AuditConfig.from_dict({"ig_steps": 64,
+                                  "method_options": {"integrated_gradients": {"steps": 8}}})
+    assert wins.method_options == {"integrated_gradients": {"steps": 8}}
+    assert AuditConfig.from_dict(cfg.to_dict()) == cfg  # a stored plan reads back the same

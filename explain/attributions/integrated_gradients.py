@@ -323,8 +323,14 @@ def _blurred(x: np.ndarray, sigma: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- the method
 
 
+#: Integration steps when the caller gives none.
+DEFAULT_STEPS = 32
+
+
 def _audit_options(ctx: AuditInputs) -> dict[str, Any]:
-    opts: dict[str, Any] = {"steps": ctx.config.ig_steps}
+    # listed in the report's options; the config's method_options (or its older
+    # ig_steps) win
+    opts: dict[str, Any] = {"steps": DEFAULT_STEPS}
     if ctx.kind == "tabular":
         # Zero is rarely a neutral row for raw tabular features (an age of 0, an income
         # of 0); the mean row is.
@@ -339,7 +345,7 @@ _RANDOM_BASELINES = ("uniform", "gaussian", "noise")
 
 def _cost(options: Mapping[str, Any], inputs: WorkInputs) -> MethodWork:
     """A gradient per step of each path, and the row's own forward pass."""
-    per_row = option_count(options, "steps", 32)
+    per_row = option_count(options, "steps", DEFAULT_STEPS)
     if str(options.get("baseline", "zeros")) in _RANDOM_BASELINES:
         per_row *= option_count(options, "baseline_samples", 8)
     return MethodWork(evaluations=per_row + 1, gradient=True)
@@ -364,7 +370,7 @@ def integrated_gradients(
     targets: np.ndarray,
     *,
     batch_size: int,
-    steps: int = 32,
+    steps: int = DEFAULT_STEPS,
     baseline: Any = "zeros",
     rule: str = "gausslegendre",
     baseline_samples: int = 8,

@@ -70,15 +70,19 @@ class AuditConfig:
     samples
         Examples explained one by one (and on which quality is measured).
     background
-        Background rows of tabular SHAP, drawn from the audited data. Image SHAP masks
-        regions with the data's mean colour instead (one background image), which keeps
-        its cost independent of this number.
-    ig_steps
-        Integration steps of Integrated Gradients.
-    shap_samples
-        Coalitions per row for SHAP's kernel and permutation estimators. None: 512 for
-        images (their 64 grid regions), the method's default (``2M + 2048`` for M
-        players) for tables.
+        Rows of the audited data drawn as the background of the methods measured against
+        one (SHAP on tables and sequences). Not an alias of SHAP's own ``background``
+        option, which is the drawn rows themselves. Image SHAP masks regions with the
+        data's mean colour instead (one background image), which keeps its cost
+        independent of this number.
+    ig_steps, shap_samples
+        Older names of method options, still accepted (stored schedules and configs use
+        them): ``ig_steps`` is ``method_options["integrated_gradients"]["steps"]`` and
+        ``shap_samples`` is ``method_options["shap"]["samples"]`` (each method's
+        registration declares them: ``config_aliases``). Given, they are copied into
+        :attr:`method_options` unless it names that option itself (then it wins). None:
+        the method's own default (32 steps; for SHAP 512 coalitions on images and
+        ``2M + 2048`` for M players on tables).
     global_rows
         Rows the global importance of tables is computed on (with a gradient method).
     sanity_rows
@@ -100,7 +104,11 @@ class AuditConfig:
     quality
         Switches of the quality checks (see :data:`QUALITY_CHECKS`).
     method_options
-        Per-method option overrides, e.g. ``{"shap": {"estimator": "permutation"}}``.
+        Per-method options, e.g. ``{"integrated_gradients": {"steps": 64}, "shap":
+        {"estimator": "permutation"}}``: the option names each method takes (its
+        registration's ``validate``; on text models its token variant's), over the
+        options the audit picks for it. After construction it also holds the older keys'
+        values (``ig_steps``, ``shap_samples``).
     sensitive
         Sensitive attributes to audit for group fairness: columns of a ``.csv`` taken out
         of the model's inputs, or names among an ``.npz``'s ``sensitive_names`` (None: all
@@ -113,7 +121,7 @@ class AuditConfig:
     methods: tuple[str, ...] | None = None
     samples: int = 24
     background: int = 50
-    ig_steps: int = 32
+    ig_steps: int | None = None
     shap_samples: int | None = None
     global_rows: int = 200
     sanity_rows: int = 8
@@ -149,7 +157,8 @@ class AuditConfig:
             object.__setattr__(self, "methods", tuple(str(m) for m in methods))
         _int_option("samples", self.samples, 2, 10_000)
         _int_option("background", self.background, 1, 10_000)
-        _int_option("ig_steps", self.ig_steps, 2, 4096)
+        if self.ig_steps is not None:
+            _int_option("ig_steps", self.ig_steps, 2, 4096)
         if self.shap_samples is not None:
             _int_option("shap_samples", self.shap_samples, 16, 1_000_000)
         _int_option("global_rows", self.global_rows, 1, 1_000_000)
@@ -182,6 +191,7 @@ class AuditConfig:
             if not isinstance(opts, Mapping):
                 raise ConfigTypeError(f"method_options.{name} must be a mapping of options")
             _check_method_options(name, opts)
+        object.__setattr__(self, "method_options", self._with_aliases())
         if self.sensitive is not None:
             from explain.datasets import parse_sensitive
             from explain.errors import DataError
@@ -206,6 +216,19 @@ class AuditConfig:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(str(exc)) from None
+
+    def _with_aliases(self) -> dict[str, dict[str, Any]]:
+        """:attr:`method_options` with the older per-method keys (each method's
+        ``config_aliases``) copied in where given and not named there already."""
+        from explain.attributions.registry import METHODS, method_info
+
+        merged = {name: dict(opts) for name, opts in self.method_options.items()}
+        for method in METHODS:
+            for key, option in method_info(method).config_aliases.items():
+                value = getattr(self, key)
+                if value is not None:
+                    merged.setdefault(method, {}).setdefault(option, value)
+        return merged
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> AuditConfig:
