@@ -60,9 +60,9 @@ class ShortcutSettings:
     square_fractions: tuple[float, ...] = (0.125, 0.1875, 0.25)
     band_fractions: tuple[float, ...] = (0.0625, 0.125)
     stride_fraction: float = 1 / 16
-    min_mass_share: float = 0.12
+    min_mass_share: float = 0.07
     min_lift: float = 3.0
-    min_consistency: float = 0.5
+    min_consistency: float = 0.35
     min_examples: int = 3
     candidates_per_group: int = 4
     min_drop: float = 0.08
